@@ -1,0 +1,49 @@
+// Format detection and the TensorFile accessors.
+#include "rankone/formats/tensor_file.h"
+
+#include "formats/file_io.h"
+#include "formats/safetensors.h"
+#include "rankone/error.h"
+
+namespace rankone {
+
+namespace {
+// Shorter than any checkpoint: a safetensors file is at least 8 + 2 bytes ("{}") and a
+// PyTorch checkpoint starts with a 30-byte zip header or a 14-byte pickled magic number.
+constexpr size_t kMinFileBytes = 10;
+}  // namespace
+
+std::string format_name(TensorFileFormat format) {
+  switch (format) {
+    case TensorFileFormat::kTorchZip:
+      return "pytorch-zip";
+    case TensorFileFormat::kTorchLegacy:
+      return "pytorch-legacy";
+    case TensorFileFormat::kSafetensors:
+      return "safetensors";
+  }
+  return "unknown";
+}
+
+const torch::Tensor& TensorFile::get(const std::string& name) const {
+  auto found = tensors.find(name);
+  if (found == tensors.end()) {
+    throw invalid_input(path + ": tensor '" + name + "' not found (the file has " + std::to_string(names.size()) +
+                        " tensors; check the model type and the checkpoint)");
+  }
+  return found->second;
+}
+
+TensorFile load_tensor_file(const std::string& path) {
+  std::string bytes = formats::read_file_bytes(path);
+  if (bytes.size() < kMinFileBytes) {
+    throw invalid_input(path + ": the file has only " + std::to_string(bytes.size()) +
+                        " bytes, too few for a PyTorch checkpoint or a safetensors file "
+                        "(it may be truncated, so download or copy it again)");
+  }
+  if (formats::looks_like_safetensors(bytes)) return parse_safetensors(bytes, path);
+  // TODO: PyTorch zip and legacy checkpoints.
+  throw invalid_input(path + ": unknown file format (rankone reads PyTorch checkpoints and safetensors files)");
+}
+
+}  // namespace rankone
