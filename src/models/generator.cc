@@ -4,6 +4,7 @@
 #include "rankone/formats/tensor_file.h"
 #include "rankone/models/model_store.h"
 #include "rankone/models/sequential.h"
+#include "rankone/models/stylegan2.h"
 
 #include <openssl/sha.h>
 
@@ -92,6 +93,7 @@ std::unique_ptr<Generator> load_generator(const std::string& model) {
   }
 
   TensorFile file = load_tensor_file(path);
+  if (is_stylegan2(file)) return load_stylegan2(file);
   throw invalid_input(path + ": not a known generator checkpoint (no StyleGAN2 tensors such as "
                       "'g_ema.style.1.weight'); a sequential generator needs a model card (.json)");
 }
