@@ -9,6 +9,7 @@
 #include <torch/optim/adam.h>
 
 #include <chrono>
+#include <cmath>
 
 namespace rankone {
 
@@ -91,6 +92,11 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
   at::Tensor lambda = at::zeros({out_channels, rank, kh, kw});
   const int64_t goal_numel = goal.values.numel();
 
+  // Radius of the trust region per output channel, as a multiple of the channel's weight norm;
+  // 2 allows updates as large as the reference optimiser's on the tiny StyleGAN2 fixture.
+  constexpr double kTrustRadius = 2.0;
+  at::Tensor radius = g.layer(layer).demodulated ? kTrustRadius * w0.reshape({out_channels, -1}).norm(2, 1)
+                                                 : at::full({out_channels}, INFINITY);
   torch::NoGradGuard outer_no_grad;
   at::Tensor losses = channel_losses(g, layer, goal, w0);
   double total = losses.sum().item<double>();
@@ -129,10 +135,19 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     normal = normal + at::eye(unknowns, at::kDouble).unsqueeze(0) * damping.view({-1, 1, 1});
     at::Tensor step = at::linalg_solve(normal, rhs).squeeze(2).to(at::kFloat).view({out_channels, rank, kh, kw});
 
+    // Trust region: demodulation makes a channel's output invariant to the scale of its weight,
+    // so the loss keeps falling slowly as Lambda grows without bound while the channel forgets
+    // its original keys. On demodulated layers each channel's Lambda stays within a ball.
+    auto clamp_to_region = [&](const at::Tensor& candidate) {
+      at::Tensor norms = candidate.reshape({out_channels, -1}).norm(2, 1).clamp_min(1e-30);
+      at::Tensor factor = (radius / norms).clamp_max(1.0).view({-1, 1, 1, 1});
+      return candidate * factor;
+    };
+
     // Line search: per channel keep the best step length.
     at::Tensor best_lambda = lambda.clone(), best_losses = losses.clone();
     for (double alpha : {1.0, 0.5, 0.25, 0.1}) {
-      at::Tensor candidate = lambda + alpha * step;
+      at::Tensor candidate = clamp_to_region(lambda + alpha * step);
       at::Tensor candidate_losses = channel_losses(g, layer, goal, w0 + delta_of(candidate, d));
       at::Tensor better = candidate_losses < best_losses;
       best_lambda = at::where(better.view({-1, 1, 1, 1}), candidate, best_lambda);
@@ -143,7 +158,7 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
       best_lambda = lambda;
       best_total = total;
       for (double alpha : {1.0, 0.5, 0.25, 0.1, 0.03}) {
-        at::Tensor candidate = lambda + alpha * step;
+        at::Tensor candidate = clamp_to_region(lambda + alpha * step);
         double candidate_total = channel_losses(g, layer, goal, w0 + delta_of(candidate, d)).sum().item<double>();
         if (candidate_total < best_total) {
           best_total = candidate_total;
