@@ -51,21 +51,21 @@ class PickleBuilder {
   PickleBuilder& put(uint8_t index) { return op('q').op(index); }
   PickleBuilder& get(uint8_t index) { return op('h').op(index); }
 
-  /// A tuple of small non-negative integers, such as a tensor size or stride.
+  /// Appends a tuple of integers, such as a tensor size or stride.
   PickleBuilder& int_tuple(const std::vector<int64_t>& values) {
     mark();
     for (int64_t value : values) integer(value);
     return tuple();
   }
 
-  /// The persistent id ('storage', torch.<storage_class>, key, location, numel) of the zip format.
+  /// Appends the persistent id ('storage', torch.<storage_class>, key, location, numel) of the zip format.
   PickleBuilder& storage(const std::string& storage_class, const std::string& key, int64_t numel,
                          const std::string& location = "cpu") {
     mark().text("storage").global("torch", storage_class).text(key).text(location).integer(numel).tuple();
     return binpersid();
   }
 
-  /// torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()).
+  /// Appends the call torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()).
   PickleBuilder& tensor(const std::string& storage_class, const std::string& key, int64_t storage_numel,
                         int64_t offset, const std::vector<int64_t>& size, const std::vector<int64_t>& stride) {
     global("torch._utils", "_rebuild_tensor_v2").mark();

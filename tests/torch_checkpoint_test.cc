@@ -60,23 +60,42 @@ struct ZipItem {
   uint16_t method = 0;
 };
 
-std::string make_zip(const std::vector<ZipItem>& items) {
+// With `zip64`, every size, offset and count is written in the zip64 records and the classic
+// fields hold all-ones, as writers do for archives over 4 GiB.
+std::string make_zip(const std::vector<ZipItem>& items, bool zip64 = false) {
   std::string archive;
   std::string directory;
   for (const ZipItem& item : items) {
     uint32_t crc = formats::crc32(item.data);
-    std::string common = little_endian(0, 2) + little_endian(item.method, 2) + little_endian(0, 4) +
-                         little_endian(crc, 4) + little_endian(item.data.size(), 4) +
-                         little_endian(item.data.size(), 4) + little_endian(item.name.size(), 2) + little_endian(0, 2);
-    directory += little_endian(0x02014b50, 4) + little_endian(20, 2) + little_endian(20, 2) + common +
-                 little_endian(0, 2) + little_endian(0, 2) + little_endian(0, 2) + little_endian(0, 4) +
-                 little_endian(archive.size(), 4) + item.name;
-    archive += little_endian(0x04034b50, 4) + little_endian(20, 2) + common + item.name + item.data;
+    uint64_t size32 = zip64 ? 0xffffffff : item.data.size();
+    std::string zip64_extra = little_endian(0x0001, 2) + little_endian(24, 2) + little_endian(item.data.size(), 8) +
+                              little_endian(item.data.size(), 8) + little_endian(archive.size(), 8);
+    std::string common_head = little_endian(0, 2) + little_endian(item.method, 2) + little_endian(0, 4) +
+                              little_endian(crc, 4);
+    std::string local_sizes = little_endian(item.data.size(), 4) + little_endian(item.data.size(), 4);
+    directory += little_endian(0x02014b50, 4) + little_endian(45, 2) + little_endian(45, 2) + common_head +
+                 little_endian(size32, 4) + little_endian(size32, 4) + little_endian(item.name.size(), 2) +
+                 little_endian(zip64 ? zip64_extra.size() : 0, 2) + little_endian(0, 2) + little_endian(0, 2) +
+                 little_endian(0, 2) + little_endian(0, 4) + little_endian(zip64 ? 0xffffffff : archive.size(), 4) +
+                 item.name + (zip64 ? zip64_extra : "");
+    archive += little_endian(0x04034b50, 4) + little_endian(45, 2) + common_head + local_sizes +
+               little_endian(item.name.size(), 2) + little_endian(0, 2) + item.name + item.data;
   }
-  std::string end = little_endian(0x06054b50, 4) + little_endian(0, 2) + little_endian(0, 2) +
-                    little_endian(items.size(), 2) + little_endian(items.size(), 2) +
-                    little_endian(directory.size(), 4) + little_endian(archive.size(), 4) + little_endian(0, 2);
-  return archive + directory + end;
+
+  std::string records;
+  if (zip64) {
+    uint64_t zip64_end_offset = archive.size() + directory.size();
+    records += little_endian(0x06064b50, 4) + little_endian(44, 8) + little_endian(45, 2) + little_endian(45, 2) +
+               little_endian(0, 4) + little_endian(0, 4) + little_endian(items.size(), 8) +
+               little_endian(items.size(), 8) + little_endian(directory.size(), 8) + little_endian(archive.size(), 8);
+    records += little_endian(0x07064b50, 4) + little_endian(0, 4) + little_endian(zip64_end_offset, 8) +
+               little_endian(1, 4);
+  }
+  uint64_t count16 = zip64 ? 0xffff : items.size();
+  records += little_endian(0x06054b50, 4) + little_endian(0, 2) + little_endian(0, 2) + little_endian(count16, 2) +
+             little_endian(count16, 2) + little_endian(zip64 ? 0xffffffff : directory.size(), 4) +
+             little_endian(zip64 ? 0xffffffff : archive.size(), 4) + little_endian(0, 2);
+  return archive + directory + records;
 }
 
 // A legacy torch.save file: magic number, protocol version, system info, the object, the storage
@@ -249,6 +268,14 @@ TEST(TorchCheckpoint, ReadsZipCheckpoint) {
                               {"archive/version", "3\n"}});
   TensorFile file = load_tensor_file(write_temp("small.pt", zip));
   EXPECT_EQ(file.format, TensorFileFormat::kTorchZip);
+  expect_nested_object(file);
+}
+
+TEST(TorchCheckpoint, ReadsZip64Checkpoint) {
+  std::string zip = make_zip({{"archive/data.pkl", nested_object_pickle()},
+                              {"archive/data/0", float_bytes({0, 1, 2, 3, 4, 5})}},
+                             true);
+  TensorFile file = load_tensor_file(write_temp("small64.pt", zip));
   expect_nested_object(file);
 }
 

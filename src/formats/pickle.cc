@@ -1,5 +1,5 @@
 // The restricted pickle machine. Opcode meanings follow the pickle protocol as CPython's
-// Lib/pickletools.py documents them (protocols 0 to 5). Unlike Python's Unpickler, this machine
+// pickletools module documents them (protocols 0 to 5). Unlike Python's Unpickler, this machine
 // calls nothing: the few allow-listed callables are interpreted here by name.
 #include "formats/pickle.h"
 
@@ -21,7 +21,7 @@ using Kind = PickleValue::Kind;
 // needs a stack of a few thousand entries and a mark depth of about ten.
 constexpr size_t kMaxStackSize = size_t{1} << 20;
 constexpr size_t kMaxMarkDepth = 4096;
-// Integers wider than this come from no torch.save stream; the legacy magic number has 10 bytes.
+// No torch.save stream has wider integers. The widest is the legacy magic number, with 10 bytes.
 constexpr size_t kMaxIntegerBytes = 1024;
 
 // Rebuild functions and classes that the machine interprets without running Python code.
@@ -565,7 +565,10 @@ bool PickleMachine::execute() {
     case 't':
     case 'l':
     case 0x91: {
-      PickleValue* value = make(opcode_ == 't' ? Kind::kTuple : opcode_ == 'l' ? Kind::kList : Kind::kSet);
+      Kind kind = Kind::kSet;
+      if (opcode_ == 't') kind = Kind::kTuple;
+      if (opcode_ == 'l') kind = Kind::kList;
+      PickleValue* value = make(kind);
       value->items = pop_to_mark();
       push(value);
       return false;

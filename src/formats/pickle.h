@@ -57,7 +57,7 @@ struct PickleValue {
     kNone,
     kBool,
     kInt,        // fits in int64: `integer`
-    kBigInt,     // does not fit: `text` holds the little-endian two's complement bytes
+    kBigInt,     // does not fit: `text` contains the little-endian two's complement bytes
     kFloat,
     kString,     // UTF-8 in `text`
     kBytes,      // raw bytes in `text`

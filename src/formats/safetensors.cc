@@ -296,7 +296,13 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     offset += byte_size;
     contiguous.push_back(std::move(cpu));
   }
-  std::string header_text = header.dump();
+  std::string header_text;
+  try {
+    header_text = header.dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw invalid_input(path + ": cannot save, because a tensor name or metadata string is not valid UTF-8 (" +
+                        e.what() + ")");
+  }
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
   // bytes

@@ -109,7 +109,7 @@ class Flattener {
   std::set<std::string> names_;
 };
 
-// Returns the data of the root storage `storage.key`: exactly numel * element size bytes.
+// A function that returns the data of root storage `storage.key`: numel * element size bytes.
 using StorageBytes = std::function<std::string_view(const PickleStorage& storage)>;
 
 // Builds the flat TensorFile from a pickled object whose storages `storage_bytes` returns.
@@ -138,7 +138,7 @@ class TensorAssembler {
   }
 
  private:
-  // Returns the storage of `value` as a 1-D tensor of its dtype, reading it once per key.
+  // Returns `storage` as a 1-D tensor of its dtype. Each key is read from the file once.
   at::Tensor storage_tensor(const PickleStorage& storage) {
     auto cached = roots_.find(storage.key);
     at::Tensor root;

@@ -13,7 +13,7 @@ bool looks_like_zip(const std::string& bytes);
 /// Whether `bytes` starts with a pickle protocol marker (0x80, then a version from 2 to 5).
 bool looks_like_pickle(const std::string& bytes);
 
-/// Reads a torch.save zip checkpoint (PyTorch 1.6 and later) held in `bytes`; `path` names it in messages.
+/// Reads a torch.save zip checkpoint (PyTorch 1.6 and later) from `bytes`. `path` names it in messages.
 TensorFile load_torch_zip(const std::string& bytes, const std::string& path);
 
 /// Reads a legacy torch.save checkpoint (before PyTorch 1.6, or `_use_new_zipfile_serialization=False`).

@@ -1,5 +1,6 @@
-// Record layouts follow PKWARE's APPNOTE.TXT (section 4.3): local file headers, the central
-// directory, the end of central directory record and its zip64 variants. All fields are little-endian.
+// Record layouts follow PKWARE's zip format specification (APPNOTE.TXT): local file headers, the
+// central directory, the end of central directory record and its zip64 variants. All fields are
+// little-endian.
 #include "formats/zip_archive.h"
 
 #include "formats/file_io.h"
