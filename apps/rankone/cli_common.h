@@ -50,6 +50,7 @@ void apply_patch_files(Generator& generator, const std::vector<std::string>& pat
 void add_sample_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_fetch_command(CLI::App& app);
+void add_request_command(CLI::App& app);
 void add_rewriting_commands(CLI::App& app);
 void add_serve_command(CLI::App& app);
 

@@ -6,6 +6,7 @@
 #include "rankone/formats/tensor_file.h"
 #include "rankone/models/latents.h"
 #include "rankone/models/model_store.h"
+#include "rankone/rewriting/masks.h"
 #include "rankone/rewriting/patch.h"
 #include "rankone/rewriting/rewriter.h"
 #include "rankone/rewriting/statistics.h"
@@ -289,6 +290,107 @@ void add_rewriting_commands(CLI::App& app) {
   add_edit_command(app);
   add_apply_command(app);
   add_compare_command(app);
+  add_request_command(app);
+}
+
+}  // namespace rankone::cli
+
+namespace rankone::cli {
+
+namespace {
+
+// Parses IMAGE:TOP,LEFT,BOTTOM,RIGHT (image pixels, bottom and right exclusive).
+std::pair<int64_t, Box> parse_region(const std::string& text, const std::string& option) {
+  auto fail = [&] {
+    return invalid_input(option + " '" + text + "': expected IMAGE:TOP,LEFT,BOTTOM,RIGHT in image pixels, "
+                         "e.g. 74:12,6,18,26");
+  };
+  size_t colon = text.find(':');
+  if (colon == std::string::npos) throw fail();
+  std::vector<int64_t> numbers;
+  try {
+    numbers.push_back(std::stoll(text.substr(0, colon)));
+    std::string rest = text.substr(colon + 1);
+    size_t start = 0;
+    while (true) {
+      size_t comma = rest.find(',', start);
+      numbers.push_back(std::stoll(rest.substr(start, comma - start)));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  } catch (const std::logic_error&) {
+    throw fail();
+  }
+  if (numbers.size() != 5 || numbers[0] < 0) throw fail();
+  return {numbers[0], Box{numbers[1], numbers[2], numbers[3], numbers[4]}};
+}
+
+MaskedImage region_mask(const std::string& text, const std::string& option, int64_t image_size, int64_t canvas) {
+  auto [image, box] = parse_region(text, option);
+  if (box.empty() || box.top < 0 || box.left < 0 || box.bottom > image_size || box.right > image_size) {
+    throw invalid_input(option + " '" + text + "': the box must be non-empty and inside the " +
+                        std::to_string(image_size) + "x" + std::to_string(image_size) + " image");
+  }
+  double scale = static_cast<double>(canvas) / image_size;
+  at::Tensor mask = at::zeros({canvas, canvas}, at::kByte);
+  mask.slice(0, std::lround(box.top * scale), std::lround(box.bottom * scale))
+      .slice(1, std::lround(box.left * scale), std::lround(box.right * scale))
+      .fill_(255);
+  MaskedImage masked;
+  masked.image = image;
+  masked.mask = mask;
+  masked.url = encode_mask_url(mask);
+  return masked;
+}
+
+}  // namespace
+
+void add_request_command(CLI::App& app) {
+  struct Options {
+    ModelOptions model;
+    std::string object, paste;
+    std::vector<std::string> keys;
+    std::string mode = "copy";
+    int layer = -1, rank = 1;
+    std::string solver = "direct";
+    int64_t canvas = 256;
+    std::string out;
+  };
+  auto options = std::make_shared<Options>();
+  CLI::App* command = app.add_subcommand(
+      "request", "write an edit request from rectangles, for scripts (the studio paints free-form masks)");
+  add_model_options(command, options->model);
+  command->add_option("--object", options->object, "thing to copy: IMAGE:TOP,LEFT,BOTTOM,RIGHT in image pixels");
+  command->add_option("--paste", options->paste, "where it goes: IMAGE:TOP,LEFT,BOTTOM,RIGHT")->required();
+  command->add_option("--key", options->keys, "context regions (repeatable); default: the paste region");
+  command->add_option("--mode", options->mode, "copy or erase")->capture_default_str()->check(
+      CLI::IsMember({"copy", "erase"}));
+  command->add_option("-l,--layer", options->layer, "layer to rewrite; -1 uses the model's default")
+      ->capture_default_str();
+  command->add_option("--rank", options->rank, "rank of the update")->capture_default_str()->check(CLI::Range(1, 64));
+  command->add_option("--solver", options->solver, "direct, adam or adam-lambda")->capture_default_str()->check(
+      CLI::IsMember({"direct", "adam", "adam-lambda"}));
+  command->add_option("--canvas", options->canvas, "side of the mask canvas in pixels, as the studio paints")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{8}, int64_t{4096}));
+  command->add_option("-o,--out", options->out, "request JSON to write")->required();
+  command->callback([options] {
+    std::unique_ptr<Generator> generator = open_model(options->model);
+    int64_t size = generator->image_size();
+    Request request;
+    request.mode = options->mode;
+    request.model = options->model.model;
+    request.sampling = sampling_from(options->model);
+    if (options->layer >= 0) request.layer = generator->layer(options->layer).index;
+    request.rank = options->rank;
+    request.solver.solver = options->solver;
+    if (!options->object.empty()) request.object = region_mask(options->object, "--object", size, options->canvas);
+    if (request.mode == "copy" && !request.object) throw invalid_input("--object is required in copy mode");
+    request.paste = region_mask(options->paste, "--paste", size, options->canvas);
+    for (const std::string& key : options->keys) request.keys.push_back(region_mask(key, "--key", size, options->canvas));
+    save_request(options->out, request);
+    spdlog::info("wrote {}", options->out);
+  });
 }
 
 }  // namespace rankone::cli

@@ -92,11 +92,10 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
   at::Tensor lambda = at::zeros({out_channels, rank, kh, kw});
   const int64_t goal_numel = goal.values.numel();
 
-  // Radius of the trust region per output channel, as a multiple of the channel's weight norm;
+  // Radius of the trust region per output channel, as a multiple of the channel's weight norm.
   // 2 allows updates as large as the reference optimiser's on the tiny StyleGAN2 fixture.
   constexpr double kTrustRadius = 2.0;
-  at::Tensor radius = g.layer(layer).demodulated ? kTrustRadius * w0.reshape({out_channels, -1}).norm(2, 1)
-                                                 : at::full({out_channels}, INFINITY);
+  at::Tensor radius = kTrustRadius * w0.reshape({out_channels, -1}).norm(2, 1);
   torch::NoGradGuard outer_no_grad;
   at::Tensor losses = channel_losses(g, layer, goal, w0);
   double total = losses.sum().item<double>();
@@ -135,9 +134,10 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     normal = normal + at::eye(unknowns, at::kDouble).unsqueeze(0) * damping.view({-1, 1, 1});
     at::Tensor step = at::linalg_solve(normal, rhs).squeeze(2).to(at::kFloat).view({out_channels, rank, kh, kw});
 
-    // Trust region: demodulation makes a channel's output invariant to the scale of its weight,
-    // so the loss keeps falling slowly as Lambda grows without bound while the channel forgets
-    // its original keys. On demodulated layers each channel's Lambda stays within a ball.
+    // Trust region: each channel's Lambda stays within a ball. Demodulation makes a channel's
+    // output invariant to the scale of its weight, so without the bound the loss keeps falling
+    // slowly as Lambda grows while the channel forgets its original keys; on linear layers an
+    // unreachable goal would likewise drive Lambda to sizes that break every other sample.
     auto clamp_to_region = [&](const at::Tensor& candidate) {
       at::Tensor norms = candidate.reshape({out_channels, -1}).norm(2, 1).clamp_min(1e-30);
       at::Tensor factor = (radius / norms).clamp_max(1.0).view({-1, 1, 1, 1});
