@@ -101,7 +101,13 @@ Request Request::from_json(const json& j, const std::string& source) {
   } catch (const Error& e) {
     throw invalid_input(source + ": " + e.what());
   }
-  if (j.contains("sampling")) request.sampling = SamplingSettings::from_json(j["sampling"]);
+  if (j.contains("sampling")) {
+    try {
+      request.sampling = SamplingSettings::from_json(j["sampling"]);
+    } catch (const Error& e) {
+      throw invalid_input(source + ": sampling: " + e.what());
+    }
+  }
   if (j.contains("statistics")) {
     const json& s = j["statistics"];
     if (!s.is_object()) throw invalid_input(source + ": 'statistics' must be an object");

@@ -70,6 +70,9 @@ void solve_adam_lambda(const Generator& g, int layer, const Goal& goal, const at
   result.lambda = lambda.detach();
 }
 
+// [B, C, H, W] -> [C, B*H*W].
+at::Tensor per_channel(const at::Tensor& map) { return map.transpose(0, 1).reshape({map.size(1), -1}); }
+
 // Per-output-channel L1 loss sums [C_out] of a weight, and their total as the mean loss.
 at::Tensor channel_losses(const Generator& g, int layer, const Goal& goal, const at::Tensor& weight) {
   return (g.run_target(layer, goal.inputs, weight) - goal.values).abs().sum({0, 2, 3});
@@ -110,7 +113,7 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
       torch::AutoGradMode grad_mode(true);
       at::Tensor lambda_var = lambda.clone().requires_grad_(true);
       at::Tensor output = g.run_target(layer, goal.inputs, w0 + delta_of(lambda_var, d));  // [1, O, h, w]
-      residual = (goal.values - output).detach().reshape({out_channels, -1});                 // [O, P]
+      residual = per_channel(goal.values - output).detach();                                  // [O, P]
       at::Tensor cotangent = at::zeros_like(output).requires_grad_(true);
       at::Tensor vjp = torch::autograd::grad({(output * cotangent).sum()}, {lambda_var}, {}, true, true)[0];
       std::vector<at::Tensor> columns;
@@ -120,7 +123,7 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
         direction[j] = 1.0f;
         at::Tensor v = direction.view({1, rank, kh, kw}).expand({out_channels, rank, kh, kw});
         at::Tensor jvp = torch::autograd::grad({(vjp * v).sum()}, {cotangent}, {}, true, false, true)[0];
-        columns.push_back(jvp.defined() ? jvp.detach().reshape({out_channels, -1}) : at::zeros_like(residual));
+        columns.push_back(jvp.defined() ? per_channel(jvp.detach()) : at::zeros_like(residual));
       }
       jacobian = at::stack(columns, 2);  // [O, P, m]
     }
