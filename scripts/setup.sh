@@ -13,8 +13,11 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread
   nlohmann-json3-dev libcli11-dev libspdlog-dev libcpp-httplib-dev libstb-dev libssl-dev
   libgtest-dev libbenchmark-dev
-  nodejs npm chromium
+  chromium
 )
+# Node.js runs the browser tests; Debian's nodejs and npm packages are used only where no
+# node is installed already (a NodeSource nodejs bundles npm and conflicts with Debian's).
+if ! command -v npm >/dev/null 2>&1; then PACKAGES+=(nodejs npm); fi
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -228,7 +228,7 @@ void add_compare_command(CLI::App& app) {
     std::string out = "compare.png";
     int columns = 8;
     int scale = 0;
-    double threshold = 0.1;
+    double threshold = 0.2;
   };
   auto options = std::make_shared<Options>();
   CLI::App* command = app.add_subcommand(
