@@ -146,10 +146,16 @@ class StyleGAN2 : public Generator {
   StyledConv& conv_at(int layer);
   torch::Tensor style_of(const StyledConv& conv, const torch::Tensor& w) const;
   torch::Tensor map_and_truncate(const SampleBatch& batch, const SamplingSettings& settings) const;
+  // The feature map between two layers, the next layer's key when already computed, and
+  // the running image.
+  struct Cursor {
+    torch::Tensor x, key, rgb;
+  };
   // One network step at layer N: upsample the running image before odd layers, run the
-  // layer, then the toRGB that follows even layers (and layer 2).
-  void run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, torch::Tensor& x,
-                torch::Tensor& rgb, Trace* trace) const;
+  // layer, then the toRGB that follows even layers (and layer 2). With `prepare_next_key`
+  // the step also leaves the key of layer N + 1 in the cursor.
+  void run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, Cursor& cursor,
+                bool prepare_next_key, Trace* trace) const;
   torch::Tensor apply_to_rgb(int layer, const torch::Tensor& w, const torch::Tensor& x, const torch::Tensor& skip,
                              Trace* trace) const;
   void load(const TensorFile& file);
