@@ -229,6 +229,7 @@ TEST(Safetensors, SaveRejectsBadTensors) {
       {"empty name", {{"", at::ones({1})}}, "tensor named ''"},
       {"metadata name", {{"__metadata__", at::ones({1})}}, "tensor named '__metadata__'"},
       {"undefined", {{"u", at::Tensor()}}, "'u' because it is undefined"},
+      {"invalid utf8 name", {{"bad\xff", at::ones({1})}}, "is not valid UTF-8"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);

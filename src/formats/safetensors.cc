@@ -210,8 +210,8 @@ namespace formats {
 
 bool looks_like_safetensors(const std::string& bytes) {
   if (bytes.size() < 9) return false;
-  uint64_t header_size = read_little_endian(bytes.data(), 8);
-  return header_size >= 2 && header_size <= kMaxSafetensorsHeaderBytes && bytes[8] == '{';
+  // The header length is not checked here, so that parse_safetensors reports a bad one.
+  return bytes[8] == '{';
 }
 
 }  // namespace formats
@@ -296,7 +296,13 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     offset += byte_size;
     contiguous.push_back(std::move(cpu));
   }
-  std::string header_text = header.dump();
+  std::string header_text;
+  try {
+    header_text = header.dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw invalid_input(path + ": cannot save, because a tensor name or metadata string is not valid UTF-8 (" +
+                        e.what() + ")");
+  }
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
   // bytes

@@ -39,6 +39,8 @@ struct TensorFile {
 /// Loads a PyTorch checkpoint (zip or legacy) or a safetensors file, choosing by content.
 /// Throws rankone::Error naming the file and the problem for missing, truncated, hostile
 /// or unsupported files. Never runs code from the file.
+/// safetensors U16 and U32 tensors are widened to int32 and int64, which libtorch 1.13 has.
+/// NOTE: the whole file is read into memory first, so peak memory is about twice the file size.
 TensorFile load_tensor_file(const std::string& path);
 
 /// Writes tensors (CPU, any dtype safetensors supports) in the given order with string metadata.
