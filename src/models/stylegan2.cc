@@ -11,6 +11,7 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <cmath>
+#include <iomanip>
 #include <sstream>
 
 namespace rankone {
@@ -329,11 +330,14 @@ std::string StyleGAN2::describe() const {
   out << "  latent_avg: " << latent_avg_origin_ << "\n";
   out << "  noise buffers: " << (has_stored_noise_ ? "stored in the checkpoint" : "none (noise mode \"stored\" is unavailable)")
       << "\n";
-  out << "  layers (key C x R -> value C x R):\n";
+  out << "  layers (key C x H x W -> value C x H x W):\n";
   for (const LayerInfo& info : layer_infos_) {
-    out << "    " << info.name << "  " << info.key_channels << "x" << info.key_size << "x" << info.key_size << " -> "
-        << info.value_channels << "x" << info.value_size << "x" << info.value_size
-        << (info.stride() == 2 ? "  upsampling" : "") << "  " << info.weight_name << "\n";
+    std::string key = std::to_string(info.key_channels) + "x" + std::to_string(info.key_size) + "x" +
+                      std::to_string(info.key_size);
+    std::string value = std::to_string(info.value_channels) + "x" + std::to_string(info.value_size) + "x" +
+                        std::to_string(info.value_size);
+    out << "    " << std::left << std::setw(9) << info.name << std::setw(13) << key << "-> " << std::setw(13) << value
+        << std::setw(12) << (info.stride() == 2 ? "upsampling" : "") << info.weight_name << "\n";
   }
   return out.str();
 }

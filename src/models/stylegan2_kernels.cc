@@ -13,7 +13,7 @@ constexpr float kLeakySlope = 0.2f;
 // One axis of the separable [1,3,3,1] kernel with gain 2, so the 2-D kernel has gain 4.
 constexpr float kTap0 = 0.25f, kTap1 = 0.75f;
 
-// Finishes `count` values of one plane; the flags are template parameters so that each
+// Finishes `count` values of one plane. The flags are template parameters, so each
 // variant compiles to a branch-free, vectorisable loop.
 template <bool kNoise, bool kOut, bool kKey>
 void finish_span(const float* conv, int64_t count, float demod, const float* noise, float strength, float bias,
@@ -39,8 +39,8 @@ SpanFunction pick_span(bool noise, bool out, bool key) {
   return table[(noise ? 4 : 0) + (out ? 2 : 0) + (key ? 1 : 0)];
 }
 
-// Finishes rows [row_begin, row_end) of plane `plane` (b * C + c) from `conv_rows`, which
-// points at the first of those rows.
+// Finishes `count` values of plane `plane` (b * C + c) that start `offset` values into the
+// plane. `conv_rows` points at the first of those values.
 void finish_rows(const Epilogue& e, SpanFunction span, const float* conv_rows, int64_t plane, int64_t channels,
                  int64_t plane_size, int64_t offset, int64_t count) {
   int64_t b = plane / channels, c = plane % channels;
