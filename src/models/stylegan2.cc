@@ -11,14 +11,13 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <cmath>
+#include <iomanip>
 #include <sstream>
 
 namespace rankone {
 
 namespace {
 
-using stylegan2::add_noise_bias_activate;
-using stylegan2::modulated_conv;
 using stylegan2::upsample_fir;
 
 std::string shape_text(const torch::Tensor& tensor) {
@@ -123,29 +122,44 @@ torch::Tensor StyleGAN2::apply_to_rgb(int layer, const torch::Tensor& w, const t
   return rgb;
 }
 
-void StyleGAN2::run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, torch::Tensor& x,
-                         torch::Tensor& rgb, Trace* trace) const {
+void StyleGAN2::run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, Cursor& cursor,
+                         bool prepare_next_key, Trace* trace) const {
   const StyledConv& conv = conv_at(layer);
-  if (conv.upsample) rgb = upsample_fir(rgb);
+  if (conv.upsample) cursor.rgb = upsample_fir(cursor.rgb);
 
   torch::Tensor style = style_of(conv, w);
-  torch::Tensor key = x * style.view({style.size(0), style.size(1), 1, 1});
-  torch::Tensor y = modulated_conv(key, style, conv.conv_weight, conv.demod_weight, conv.upsample);
+  torch::Tensor key = cursor.key.defined() ? cursor.key : cursor.x * style.view({style.size(0), style.size(1), 1, 1});
+  torch::Tensor convolved = stylegan2::convolve(key, conv.conv_weight, conv.upsample);
+  torch::Tensor demod = stylegan2::demodulation(style, conv.demod_weight);
 
   if (trace) {
+    // Step by step with ATen ops, recording what the reference records.
     std::string prefix = "layer" + std::to_string(layer) + ".";
-    (*trace)[prefix + "in_fmap"] = x;
-    if (rgb.defined()) (*trace)[prefix + "rgb_skip_in"] = rgb;
+    (*trace)[prefix + "in_fmap"] = cursor.x;
+    if (cursor.rgb.defined()) (*trace)[prefix + "rgb_skip_in"] = cursor.rgb;
     (*trace)[prefix + "style"] = style;
     (*trace)[prefix + "key"] = key;
-    (*trace)[prefix + "dconv_out"] = y.clone();
-    (*trace)[prefix + "noise_out"] = layer_noise.defined() ? y + layer_noise * conv.noise_strength : y.clone();
+    torch::Tensor y = convolved * demod.view({demod.size(0), demod.size(1), 1, 1});
+    if (conv.upsample) y = stylegan2::blur_fir(y);
+    (*trace)[prefix + "dconv_out"] = y;
+    if (layer_noise.defined()) y = y + layer_noise * conv.noise_strength;
+    (*trace)[prefix + "noise_out"] = y;
+    cursor.x = at::leaky_relu(y + conv.activation_bias.view({1, -1, 1, 1}), 0.2) * std::sqrt(2.0);
+    cursor.key = torch::Tensor();
+    (*trace)[prefix + "out"] = cursor.x;
+  } else {
+    bool has_next = layer < 1 + static_cast<int>(convs_.size());
+    torch::Tensor next_style = prepare_next_key && has_next ? style_of(conv_at(layer + 1), w) : torch::Tensor();
+    // Even layers feed a toRGB, so their output is kept; odd layers feed only the next key.
+    bool keep_output = layer % 2 == 0 || !next_style.defined();
+    stylegan2::LayerOutput output = stylegan2::finish_layer(convolved, demod, conv.upsample, layer_noise,
+                                                            conv.noise_strength, conv.activation_bias, next_style,
+                                                            keep_output);
+    cursor.x = output.out;
+    cursor.key = output.next_key;
   }
 
-  x = add_noise_bias_activate(y, layer_noise, conv.noise_strength, conv.activation_bias);
-  if (trace) (*trace)["layer" + std::to_string(layer) + ".out"] = x;
-
-  if (layer % 2 == 0) rgb = apply_to_rgb(layer, w, x, rgb, trace);
+  if (layer % 2 == 0) cursor.rgb = apply_to_rgb(layer, w, cursor.x, cursor.rgb, trace);
 }
 
 torch::Tensor StyleGAN2::synthesize(const torch::Tensor& w, const NoiseMaps& noise, Trace* trace) const {
@@ -155,16 +169,16 @@ torch::Tensor StyleGAN2::synthesize(const torch::Tensor& w, const NoiseMaps& noi
   }
   int64_t batch = w.size(0);
 
-  torch::Tensor x = constant_input_.expand({batch, -1, -1, -1});
-  torch::Tensor rgb;
+  Cursor cursor;
+  cursor.x = constant_input_.expand({batch, -1, -1, -1});
   for (const auto& conv : convs_) {
     auto found = noise.find(conv->layer);
     if (found == noise.end()) {
       throw invalid_input("no noise given for StyleGAN2 layer " + std::to_string(conv->layer));
     }
-    run_step(conv->layer, w, found->second, x, rgb, trace);
+    run_step(conv->layer, w, found->second, cursor, /*prepare_next_key=*/trace == nullptr, trace);
   }
-  return rgb;
+  return cursor.rgb;
 }
 
 torch::Tensor StyleGAN2::generate(const SampleBatch& batch, const SamplingSettings& settings) const {
@@ -182,19 +196,21 @@ LayerState StyleGAN2::run_context(int layer, const SampleBatch& batch, const Sam
   NoiseMaps noise = make_noise(batch, settings.noise);
   int64_t rows = w.size(0);
 
-  torch::Tensor x = constant_input_.expand({rows, -1, -1, -1});
-  torch::Tensor rgb;
-  for (int before = 2; before < layer; ++before) run_step(before, w, noise.at(before), x, rgb, nullptr);
-  if (target.upsample) rgb = upsample_fir(rgb);
+  Cursor cursor;
+  cursor.x = constant_input_.expand({rows, -1, -1, -1});
+  for (int before = 2; before < layer; ++before) {
+    run_step(before, w, noise.at(before), cursor, /*prepare_next_key=*/true, nullptr);
+  }
+  if (target.upsample) cursor.rgb = upsample_fir(cursor.rgb);
 
   LayerState state;
   torch::Tensor style = style_of(target, w);
-  state.key = x * style.view({rows, style.size(1), 1, 1});
+  state.key = cursor.key.defined() ? cursor.key : cursor.x * style.view({rows, style.size(1), 1, 1});
   state.indices = batch.indices.empty() ? std::vector<int64_t>(rows, -1) : batch.indices;
   state.extras["w"] = w;
   state.extras["style"] = style;
   state.extras["noise"] = noise.at(layer);
-  if (rgb.defined()) state.extras["rgb"] = rgb;
+  if (cursor.rgb.defined()) state.extras["rgb"] = cursor.rgb;
   for (const auto& conv : convs_) {
     if (conv->layer > layer) state.extras["noise.layer" + std::to_string(conv->layer)] = noise.at(conv->layer);
   }
@@ -217,14 +233,19 @@ torch::Tensor StyleGAN2::run_target(int layer, const LayerState& state, const to
   const torch::Tensor& style = extra(state, "style", layer);
   const torch::Tensor& noise = extra(state, "noise", layer);
 
-  torch::Tensor conv_weight = stylegan2::prepare_conv_weight(weight, conv.upsample);
-  torch::Tensor demod_weight = stylegan2::prepare_demod_weight(weight);
-  torch::Tensor y = modulated_conv(state.key, style, conv_weight, demod_weight, conv.upsample);
-  if (noise.size(2) != y.size(2) || noise.size(3) != y.size(3)) {
+  torch::Tensor float_weight = weight.to(at::kFloat);
+  torch::Tensor conv_weight = stylegan2::prepare_conv_weight(float_weight, conv.upsample);
+  torch::Tensor demod_weight = stylegan2::prepare_demod_weight(float_weight);
+  torch::Tensor convolved = stylegan2::convolve(state.key, conv_weight, conv.upsample);
+  int64_t shrink = conv.upsample ? 1 : 0;  // the blur trims the transposed convolution's extra pixel
+  if (noise.dim() != 4 || noise.size(0) != convolved.size(0) || noise.size(2) != convolved.size(2) - shrink ||
+      noise.size(3) != convolved.size(3) - shrink) {
     throw invalid_input("StyleGAN2 layer " + std::to_string(layer) + ": the noise has shape " + shape_text(noise) +
-                        " but the layer output is " + shape_text(y));
+                        ", which does not match the layer output for key " + shape_text(state.key));
   }
-  return add_noise_bias_activate(y, noise, conv.noise_strength, conv.activation_bias);
+  torch::Tensor demod = stylegan2::demodulation(style, demod_weight);
+  return stylegan2::finish_layer(convolved, demod, conv.upsample, noise, conv.noise_strength, conv.activation_bias)
+      .out;
 }
 
 torch::Tensor StyleGAN2::run_render(int layer, const LayerState& state, const torch::Tensor& value) const {
@@ -237,14 +258,16 @@ torch::Tensor StyleGAN2::run_render(int layer, const LayerState& state, const to
   }
   const torch::Tensor& w = extra(state, "w", layer);
   auto found_rgb = state.extras.find("rgb");
-  torch::Tensor rgb = found_rgb == state.extras.end() ? torch::Tensor() : found_rgb->second;
 
-  torch::Tensor x = value;
-  if (layer % 2 == 0) rgb = apply_to_rgb(layer, w, x, rgb, nullptr);
+  Cursor cursor;
+  cursor.x = value;
+  if (found_rgb != state.extras.end()) cursor.rgb = found_rgb->second;
+  if (layer % 2 == 0) cursor.rgb = apply_to_rgb(layer, w, cursor.x, cursor.rgb, nullptr);
   for (int next = layer + 1; next <= 1 + static_cast<int>(convs_.size()); ++next) {
-    run_step(next, w, extra(state, "noise.layer" + std::to_string(next), layer), x, rgb, nullptr);
+    run_step(next, w, extra(state, "noise.layer" + std::to_string(next), layer), cursor, /*prepare_next_key=*/true,
+             nullptr);
   }
-  return rgb;
+  return cursor.rgb;
 }
 
 LayerState StyleGAN2::crop(int layer, const LayerState& state, const Box& key_box,
@@ -312,11 +335,14 @@ std::string StyleGAN2::describe() const {
   out << "  latent_avg: " << latent_avg_origin_ << "\n";
   out << "  noise buffers: " << (has_stored_noise_ ? "stored in the checkpoint" : "none (noise mode \"stored\" is unavailable)")
       << "\n";
-  out << "  layers (key C x R -> value C x R):\n";
+  out << "  layers (key C x H x W -> value C x H x W):\n";
   for (const LayerInfo& info : layer_infos_) {
-    out << "    " << info.name << "  " << info.key_channels << "x" << info.key_size << "x" << info.key_size << " -> "
-        << info.value_channels << "x" << info.value_size << "x" << info.value_size
-        << (info.stride() == 2 ? "  upsampling" : "") << "  " << info.weight_name << "\n";
+    std::string key = std::to_string(info.key_channels) + "x" + std::to_string(info.key_size) + "x" +
+                      std::to_string(info.key_size);
+    std::string value = std::to_string(info.value_channels) + "x" + std::to_string(info.value_size) + "x" +
+                        std::to_string(info.value_size);
+    out << "    " << std::left << std::setw(9) << info.name << std::setw(13) << key << "-> " << std::setw(13) << value
+        << std::setw(12) << (info.stride() == 2 ? "upsampling" : "") << info.weight_name << "\n";
   }
   return out.str();
 }

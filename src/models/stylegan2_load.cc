@@ -28,7 +28,7 @@ std::string shape_text(at::IntArrayRef shape) {
   return out.str();
 }
 
-// The prefix of the generator's tensors in `file`, or "none" when it holds no StyleGAN2.
+// The prefix of the generator's tensors in `file`, or "none" when it contains no StyleGAN2.
 std::string find_prefix(const TensorFile& file) {
   for (std::string prefix : {std::string(kReleasedPrefix), std::string()}) {
     if (file.contains(prefix + "conv1.conv.weight") && file.contains(prefix + "input.input")) return prefix;
@@ -102,7 +102,7 @@ class PlanBuilder {
       plan.channels[resolution] = shaped("convs." + std::to_string(2 * pair) + ".conv.weight", 5).size(1);
     }
 
-    // Noise buffers are all present or all absent (some exports drop them).
+    // Noise buffers are optional as a group: all present or all absent.
     plan.noise_buffers = has("noises.noise_0");
   }
 

@@ -1,4 +1,4 @@
-// The four noise modes of StyleGAN2 sampling; the header of models/stylegan2.h
+// The four noise modes of StyleGAN2 sampling. The header rankone/models/stylegan2.h
 // documents each stream.
 #include "models/stylegan2_parts.h"
 #include "models/stylegan2_noise.h"
@@ -77,7 +77,7 @@ StyleGAN2::NoiseMaps StyleGAN2::make_noise(const SampleBatch& batch, const std::
       noise[conv->layer] = at::zeros({rows, 1, conv->value_size, conv->value_size});
     }
 
-    // One task per (row, layer); each draws from its own seeded stream.
+    // One task per (row, layer), each drawing from its own seeded stream.
     int64_t layer_count = static_cast<int64_t>(convs_.size());
     std::vector<float*> outputs;
     for (const auto& conv : convs_) outputs.push_back(noise[conv->layer].data_ptr<float>());

@@ -1,6 +1,9 @@
 // Convolutions, FIR filters and the fused activation of StyleGAN2, as rosinality's port
-// computes them (modulation applied to the input, demodulation to the output).
+// computes them with the modulation applied to the input and the demodulation to the output.
+#include "models/stylegan2_kernels.h"
 #include "models/stylegan2_parts.h"
+
+#include <torch/csrc/autograd/grad_mode.h>
 
 #include <cmath>
 
@@ -27,6 +30,27 @@ double conv_scale(const torch::Tensor& weight) {
   return 1.0 / std::sqrt(static_cast<double>(weight.size(1) * weight.size(2) * weight.size(3)));
 }
 
+bool records_gradient(std::initializer_list<const torch::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const torch::Tensor* tensor : tensors) {
+    if (tensor->defined() && tensor->requires_grad()) return true;
+  }
+  return false;
+}
+
+// finish_layer with differentiable ATen ops, in the reference's order of operations.
+LayerOutput finish_layer_aten(const torch::Tensor& convolved, const torch::Tensor& demod, bool upsample,
+                              const torch::Tensor& noise, double strength, const torch::Tensor& bias,
+                              const torch::Tensor& next_style) {
+  torch::Tensor y = convolved * demod.view({demod.size(0), demod.size(1), 1, 1});
+  if (upsample) y = blur_fir(y);
+  if (noise.defined()) y = y + noise * strength;
+  LayerOutput result;
+  result.out = at::leaky_relu(y + bias.view({1, -1, 1, 1}), kLeakySlope) * std::sqrt(2.0);
+  if (next_style.defined()) result.next_key = result.out * next_style.view({next_style.size(0), -1, 1, 1});
+  return result;
+}
+
 }  // namespace
 
 torch::Tensor prepare_conv_weight(const torch::Tensor& weight, bool upsample) {
@@ -40,45 +64,73 @@ torch::Tensor prepare_demod_weight(const torch::Tensor& weight) {
   return scaled.square().sum({2, 3}).t().contiguous();
 }
 
-torch::Tensor modulated_conv(const torch::Tensor& key, const torch::Tensor& style, const torch::Tensor& conv_weight,
-                             const torch::Tensor& demod_weight, bool upsample) {
-  torch::Tensor y = upsample ? at::conv_transpose2d(key, conv_weight, {}, /*stride=*/2, /*padding=*/0)
-                             : at::conv2d(key, conv_weight, {}, /*stride=*/1, /*padding=*/1);
-
-  // Demodulation: divide each output channel by the norm of its modulated weight.
-  torch::Tensor demod = at::rsqrt(at::mm(style.square(), demod_weight) + kDemodEpsilon);
-  y = y * demod.view({demod.size(0), demod.size(1), 1, 1});
-
-  if (upsample) y = blur_fir(y);
-  return y;
+torch::Tensor convolve(const torch::Tensor& key, const torch::Tensor& conv_weight, bool upsample) {
+  if (upsample) return at::conv_transpose2d(key, conv_weight, {}, /*stride=*/2, /*padding=*/0);
+  return at::conv2d(key, conv_weight, {}, /*stride=*/1, /*padding=*/1);
 }
 
-torch::Tensor add_noise_bias_activate(const torch::Tensor& y, const torch::Tensor& noise, double strength,
-                                      const torch::Tensor& bias) {
-  torch::Tensor bias_map = bias.view({1, -1, 1, 1});
-  bool in_place = !(at::GradMode::is_enabled() && (y.requires_grad() || bias.requires_grad()));
-  if (in_place) {
-    torch::Tensor out = y;
-    if (noise.defined()) out.add_(noise, strength);
-    out.add_(bias_map);
-    at::leaky_relu_(out, kLeakySlope);
-    return out.mul_(std::sqrt(2.0));
+torch::Tensor demodulation(const torch::Tensor& style, const torch::Tensor& demod_weight) {
+  return at::rsqrt(at::mm(style.square(), demod_weight) + kDemodEpsilon);
+}
+
+LayerOutput finish_layer(const torch::Tensor& convolved, const torch::Tensor& demod, bool upsample,
+                         const torch::Tensor& noise, double strength, const torch::Tensor& bias,
+                         const torch::Tensor& next_style, bool keep_output) {
+  if (records_gradient({&convolved, &demod, &noise, &bias, &next_style})) {
+    return finish_layer_aten(convolved, demod, upsample, noise, strength, bias, next_style);
   }
-  torch::Tensor out = noise.defined() ? y + noise * strength : y;
-  return at::leaky_relu(out + bias_map, kLeakySlope) * std::sqrt(2.0);
-}
 
-torch::Tensor upsample_fir(const torch::Tensor& x) {
-  // Zero insertion, padding (2, 1) and the 4-tap filter equal a depthwise transposed
-  // convolution with stride 2 and padding 1 (the kernel is symmetric, so no flip).
-  int64_t channels = x.size(1);
-  return at::conv_transpose2d(x, fir_kernel(channels, x), {}, /*stride=*/2, /*padding=*/1, /*output_padding=*/0,
-                              /*groups=*/channels);
+  int64_t batch = convolved.size(0), channels = convolved.size(1);
+  int64_t height = convolved.size(2) - (upsample ? 1 : 0), width = convolved.size(3) - (upsample ? 1 : 0);
+  torch::Tensor conv = convolved.contiguous();
+  torch::Tensor demod_values = demod.contiguous();
+  torch::Tensor bias_values = bias.contiguous();
+  torch::Tensor noise_values = noise.defined() ? noise.expand({batch, 1, height, width}).contiguous() : noise;
+  torch::Tensor style_values = next_style.defined() ? next_style.contiguous() : next_style;
+
+  LayerOutput result;
+  kernels::Epilogue epilogue;
+  epilogue.demod = demod_values.data_ptr<float>();
+  epilogue.noise = noise_values.defined() ? noise_values.data_ptr<float>() : nullptr;
+  epilogue.strength = static_cast<float>(strength);
+  epilogue.bias = bias_values.data_ptr<float>();
+  if (keep_output || !next_style.defined()) {
+    // Without the blur the output can overwrite the convolution result.
+    result.out = upsample ? at::empty({batch, channels, height, width}, conv.options()) : conv;
+    epilogue.out = result.out.data_ptr<float>();
+  }
+  if (next_style.defined()) {
+    result.next_key = at::empty({batch, channels, height, width}, conv.options());
+    epilogue.next_style = style_values.data_ptr<float>();
+    epilogue.next_key = result.next_key.data_ptr<float>();
+  }
+
+  if (upsample) {
+    kernels::finish_blurred(conv.data_ptr<float>(), batch, channels, height, width, epilogue);
+  } else {
+    kernels::finish_plain(conv.data_ptr<float>(), batch, channels, height, width, epilogue);
+  }
+  return result;
 }
 
 torch::Tensor blur_fir(const torch::Tensor& x) {
   int64_t channels = x.size(1);
   return at::conv2d(x, fir_kernel(channels, x), {}, /*stride=*/1, /*padding=*/1, /*dilation=*/1, /*groups=*/channels);
+}
+
+torch::Tensor upsample_fir(const torch::Tensor& x) {
+  if (records_gradient({&x}) || x.size(2) != x.size(3)) {
+    // Zero insertion, padding (2, 1) and the 4-tap filter equal a depthwise transposed
+    // convolution with stride 2 and padding 1 (the kernel is symmetric, so no flip).
+    int64_t channels = x.size(1);
+    return at::conv_transpose2d(x, fir_kernel(channels, x), {}, /*stride=*/2, /*padding=*/1, /*output_padding=*/0,
+                                /*groups=*/channels);
+  }
+  torch::Tensor input = x.contiguous();
+  int64_t size = input.size(2);
+  torch::Tensor out = at::empty({input.size(0), input.size(1), 2 * size, 2 * size}, input.options());
+  kernels::upsample_planes(input.data_ptr<float>(), input.size(0) * input.size(1), size, out.data_ptr<float>());
+  return out;
 }
 
 }  // namespace rankone::stylegan2

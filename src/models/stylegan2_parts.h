@@ -54,24 +54,40 @@ torch::Tensor prepare_conv_weight(const torch::Tensor& weight, bool upsample);
 /// style s is rsqrt(s^2 @ demod_weight + 1e-8). Differentiable in `weight`.
 torch::Tensor prepare_demod_weight(const torch::Tensor& weight);
 
-/// Modulated, demodulated convolution of `key` (the input already multiplied by `style`):
-/// 3x3 with padding 1, or on upsampling layers a stride-2 transposed convolution followed
-/// by the [1,3,3,1] FIR blur, so [B, in, R, R] -> [B, out, 2R, 2R].
-torch::Tensor modulated_conv(const torch::Tensor& key, const torch::Tensor& style, const torch::Tensor& conv_weight,
-                             const torch::Tensor& demod_weight, bool upsample);
+/// The convolution of `key` (the input already multiplied by the style) with the prepared
+/// weight, before demodulation: 3x3 with padding 1, [B, in, R, R] -> [B, out, R, R], or on
+/// upsampling layers the stride-2 transposed convolution, [B, in, R, R] -> [B, out, 2R+1, 2R+1].
+torch::Tensor convolve(const torch::Tensor& key, const torch::Tensor& conv_weight, bool upsample);
 
-/// Adds strength * noise ([B, 1, H, W], may be undefined), then bias, then applies
-/// LeakyReLU(0.2) * sqrt(2). In place when no gradient is recorded.
-torch::Tensor add_noise_bias_activate(const torch::Tensor& y, const torch::Tensor& noise, double strength,
-                                      const torch::Tensor& bias);
+/// Demodulation factors rsqrt(style^2 @ demod_weight + 1e-8): [B, out], one per output
+/// channel, the inverse norm of that channel's modulated weight.
+torch::Tensor demodulation(const torch::Tensor& style, const torch::Tensor& demod_weight);
+
+/// The result of finish_layer: the layer output and, when a next style was given, the next
+/// layer's key (output times that style). Either is undefined when not requested.
+struct LayerOutput {
+  torch::Tensor out;
+  torch::Tensor next_key;
+};
+
+/// Everything after the convolution: demodulation, the FIR blur on upsampling layers, noise
+/// (`noise` [B, 1, H, W] times `strength`, skipped when undefined), bias and
+/// LeakyReLU(0.2) * sqrt(2). When `next_style` [B, C_out] is defined, also returns
+/// output * next_style, the key of the next layer. `keep_output` false drops the output
+/// itself when only the next key is needed.
+/// Runs one fused pass per output when no gradient is recorded, else differentiable ATen ops.
+LayerOutput finish_layer(const torch::Tensor& convolved, const torch::Tensor& demod, bool upsample,
+                         const torch::Tensor& noise, double strength, const torch::Tensor& bias,
+                         const torch::Tensor& next_style = {}, bool keep_output = true);
+
+/// The blur after a transposed convolution with ATen ops (differentiable): the [1,3,3,1]
+/// FIR filter with gain 4 and padding (1, 1), [B, C, 2R + 1, 2R + 1] -> [B, C, 2R, 2R].
+torch::Tensor blur_fir(const torch::Tensor& x);
 
 /// The skip upsampling of the running image: zero insertion by 2, then the [1,3,3,1] FIR
-/// filter with gain 4 and padding (2, 1) ("upfirdn2d" of rosinality's port). [B, C, R, R] -> [B, C, 2R, 2R].
+/// filter with gain 4 and padding (2, 1) ("upfirdn2d" of rosinality's port).
+/// [B, C, R, R] -> [B, C, 2R, 2R]. Differentiable when the input requires a gradient.
 torch::Tensor upsample_fir(const torch::Tensor& x);
-
-/// The blur after a transposed convolution: the [1,3,3,1] FIR filter with gain 4 and padding
-/// (1, 1). [B, C, 2R + 1, 2R + 1] -> [B, C, 2R, 2R].
-torch::Tensor blur_fir(const torch::Tensor& x);
 
 }  // namespace stylegan2
 }  // namespace rankone

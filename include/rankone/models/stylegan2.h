@@ -65,14 +65,14 @@ struct StyleGAN2Config {
 std::map<int64_t, int64_t> config_f_channels(int64_t resolution);
 
 /// A checkpoint of `config` with random weights drawn from a generator seeded with `seed`,
-/// in the tensor names and order of rosinality's state dict. Weights are N(0, 1) as the
-/// official initialisation draws them; biases, noise strengths and `latent_avg` are small
-/// random values so that every path of the network is exercised.
+/// in the tensor names and order of rosinality's state dict. Weights are N(0, 1), as the
+/// official initialisation draws them. Biases, noise strengths and `latent_avg` are small
+/// random values, so every path of the network is exercised.
 TensorFile make_random_stylegan2(const StyleGAN2Config& config, uint64_t seed);
 
 /// A StyleGAN2 generator. Besides the Generator interface it exposes the mapping, the
 /// truncation and a synthesis pass with caller-given noise, for tests and tools.
-/// NOTE: const methods may run concurrently; set_weight must not run alongside them.
+/// NOTE: const methods may run concurrently, but set_weight must not run alongside them.
 class StyleGAN2 : public Generator {
  public:
   /// Noise maps by layer number: [B, 1, R, R] float32 at the layer's value resolution.
@@ -97,19 +97,19 @@ class StyleGAN2 : public Generator {
   SampleBatch latents(const std::vector<int64_t>& indices, const SamplingSettings& settings) const override;
   torch::Tensor generate(const SampleBatch& batch, const SamplingSettings& settings) const override;
 
-  /// The state carries extras "w" [B, style] (after truncation), "style" [B, C_in],
-  /// "noise" [B, 1, R, R] (this layer's noise at value resolution), "rgb" [B, 3, R, R]
-  /// (the running image upsampled to the value resolution; absent at layer 2) and
-  /// "noise.layerN" for every later layer N.
+  /// The state's extras are "w" [B, style] after truncation, "style" [B, C_in], "noise"
+  /// [B, 1, R, R] (this layer's noise at value resolution) and "noise.layerN" for every later
+  /// layer N. From layer 3 on they also include "rgb" [B, 3, R, R], the running image
+  /// upsampled to the value resolution.
   LayerState run_context(int layer, const SampleBatch& batch, const SamplingSettings& settings) const override;
   /// Modulated convolution with `weight` [C_out, C_in, 3, 3], demodulation computed from
   /// `weight` and the state's style, FIR blur on upsampling layers, noise, bias and
   /// LeakyReLU(0.2) * sqrt(2). Differentiable in `weight`.
   torch::Tensor run_target(int layer, const LayerState& state, const torch::Tensor& weight) const override;
   torch::Tensor run_render(int layer, const LayerState& state, const torch::Tensor& value) const override;
-  /// Crops key, "noise" and "rgb" (the last two in value pixels, key_box times the stride).
+  /// Crops key, "noise" and "rgb", the last two in value pixels (key_box times the stride).
   /// In "reference" noise mode the crop gets fresh noise for its own size, as the reference
-  /// tool's target model draws it; in other modes it keeps the crop of the sample's noise.
+  /// tool's target model draws it. In other modes it keeps the crop of the sample's noise.
   /// The later layers' noise is dropped, so the cropped state serves run_target only.
   LayerState crop(int layer, const LayerState& state, const Box& key_box,
                   const SamplingSettings& settings) const override;
@@ -123,7 +123,7 @@ class StyleGAN2 : public Generator {
   std::string source() const override { return source_; }
 
   /// Mapping network: pixel norm, then equalised-lr linear layers (lr multiplier 0.01)
-  /// with LeakyReLU(0.2) * sqrt(2). z: [B, style] float32; returns w [B, style].
+  /// with LeakyReLU(0.2) * sqrt(2). Maps z [B, style] to w [B, style].
   torch::Tensor map_latents(const torch::Tensor& z) const;
   /// latent_avg + truncation * (w - latent_avg); returns `w` itself when truncation is 1.
   torch::Tensor truncate(const torch::Tensor& w, double truncation) const;
@@ -147,10 +147,16 @@ class StyleGAN2 : public Generator {
   StyledConv& conv_at(int layer);
   torch::Tensor style_of(const StyledConv& conv, const torch::Tensor& w) const;
   torch::Tensor map_and_truncate(const SampleBatch& batch, const SamplingSettings& settings) const;
+  // The feature map between two layers, the next layer's key when already computed, and
+  // the running image.
+  struct Cursor {
+    torch::Tensor x, key, rgb;
+  };
   // One network step at layer N: upsample the running image before odd layers, run the
-  // layer, then the toRGB that follows even layers (and layer 2).
-  void run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, torch::Tensor& x,
-                torch::Tensor& rgb, Trace* trace) const;
+  // layer, then the toRGB that follows even layers (and layer 2). With `prepare_next_key`
+  // the step also leaves the key of layer N + 1 in the cursor.
+  void run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, Cursor& cursor,
+                bool prepare_next_key, Trace* trace) const;
   torch::Tensor apply_to_rgb(int layer, const torch::Tensor& w, const torch::Tensor& x, const torch::Tensor& skip,
                              Trace* trace) const;
   void load(const TensorFile& file);
