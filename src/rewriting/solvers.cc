@@ -91,7 +91,11 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
   at::Tensor w0 = result.weight_before;
   const int64_t out_channels = w0.size(0), rank = d.size(0), kh = w0.size(2), kw = w0.size(3);
   const int64_t unknowns = rank * kh * kw;
-  const int max_iterations = std::min(settings.steps, 40);
+  // Iterations stop after two in a row that improve the loss by less than kMinImprovement
+  // (relative), or after kMaxIterations.
+  constexpr int kMaxIterations = 30;
+  constexpr double kMinImprovement = 1e-4;
+  const int max_iterations = std::min(settings.steps, kMaxIterations);
   at::Tensor lambda = at::zeros({out_channels, rank, kh, kw});
   const int64_t goal_numel = goal.values.numel();
 
@@ -147,33 +151,39 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
       return candidate * factor;
     };
 
-    // Line search: per channel keep the best step length.
+    // Line search: per channel keep the best step length; shorter steps are tried only while
+    // some channel has not improved yet.
     at::Tensor best_lambda = lambda.clone(), best_losses = losses.clone();
-    for (double alpha : {1.0, 0.5, 0.25, 0.1}) {
+    for (double alpha : {1.0, 0.4, 0.1}) {
       at::Tensor candidate = clamp_to_region(lambda + alpha * step);
       at::Tensor candidate_losses = channel_losses(g, layer, goal, w0 + delta_of(candidate, d));
       at::Tensor better = candidate_losses < best_losses;
       best_lambda = at::where(better.view({-1, 1, 1, 1}), candidate, best_lambda);
       best_losses = at::where(better, candidate_losses, best_losses);
+      if ((best_losses < losses).all().item<bool>()) break;
     }
-    double best_total = channel_losses(g, layer, goal, w0 + delta_of(best_lambda, d)).sum().item<double>();
+    at::Tensor best_channel_losses = channel_losses(g, layer, goal, w0 + delta_of(best_lambda, d));
+    double best_total = best_channel_losses.sum().item<double>();
     if (best_total > total) {  // channels are coupled: fall back to one global step length
       best_lambda = lambda;
+      best_channel_losses = losses;
       best_total = total;
       for (double alpha : {1.0, 0.5, 0.25, 0.1, 0.03}) {
         at::Tensor candidate = clamp_to_region(lambda + alpha * step);
-        double candidate_total = channel_losses(g, layer, goal, w0 + delta_of(candidate, d)).sum().item<double>();
+        at::Tensor candidate_losses = channel_losses(g, layer, goal, w0 + delta_of(candidate, d));
+        double candidate_total = candidate_losses.sum().item<double>();
         if (candidate_total < best_total) {
           best_total = candidate_total;
           best_lambda = candidate;
+          best_channel_losses = candidate_losses;
         }
       }
     }
     double improvement = (total - best_total) / std::max(total, 1e-30);
     lambda = best_lambda;
-    losses = channel_losses(g, layer, goal, w0 + delta_of(lambda, d));
-    total = losses.sum().item<double>();
-    stalled = improvement < 1e-5 ? stalled + 1 : 0;
+    losses = best_channel_losses;
+    total = best_total;
+    stalled = improvement < kMinImprovement ? stalled + 1 : 0;
     if (stalled >= 2) break;
   }
   result.losses.push_back(total / goal_numel);
