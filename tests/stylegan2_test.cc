@@ -1,5 +1,6 @@
 #include "rankone/models/stylegan2.h"
 
+#include "models/scratch_pool.h"
 #include "models/stylegan2_noise.h"
 #include "rankone/error.h"
 #include "rankone/formats/tensor_file.h"
@@ -506,6 +507,24 @@ TEST(StyleGAN2, RandomConfigBuilds) {
 
   EXPECT_EQ(config_f_channels(256).at(128), 256);
   EXPECT_EQ(config_f_channels(256).count(512), 0u);
+}
+
+TEST(StyleGAN2, ScratchPoolReusesBlocks) {
+  void* first = nullptr;
+  {
+    torch::Tensor tensor = scratch_empty({4, 512, 256});  // 2 MiB
+    first = tensor.data_ptr();
+    tensor.fill_(1.f);
+  }
+  EXPECT_GE(scratch_pool_bytes(), size_t{2} << 20);
+
+  torch::Tensor smaller = scratch_empty({3, 512, 256});  // 1.5 MiB
+  EXPECT_EQ(smaller.data_ptr(), first);
+  EXPECT_EQ(smaller.sizes(), at::IntArrayRef({3, 512, 256}));
+  EXPECT_EQ(smaller.dtype(), at::kFloat);
+
+  torch::Tensor small = scratch_empty({2, 3});
+  EXPECT_EQ(small.numel(), 6);
 }
 
 }  // namespace

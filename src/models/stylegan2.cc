@@ -108,15 +108,11 @@ torch::Tensor StyleGAN2::style_of(const StyledConv& conv, const torch::Tensor& w
 torch::Tensor StyleGAN2::apply_to_rgb(int layer, const torch::Tensor& w, const torch::Tensor& x,
                                       const torch::Tensor& skip, Trace* trace) const {
   const ToRGB& to_rgb = *to_rgbs_[layer / 2 - 1];
-  int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
 
-  // A 1x1 modulated convolution without demodulation is one matrix product per sample:
-  // [3, C] * style -> [B, 3, C], times the feature map [B, C, H * W].
+  // Modulating the small [3, C] weight per sample is cheaper than modulating the input.
   torch::Tensor style = to_rgb.modulation.apply(w);
   torch::Tensor modulated = to_rgb.weight.unsqueeze(0) * style.unsqueeze(1);
-  torch::Tensor rgb = at::bmm(modulated, x.reshape({batch, channels, height * width})).view({batch, 3, height, width});
-  rgb = rgb + to_rgb.bias.view({1, 3, 1, 1});
-  if (skip.defined()) rgb = rgb + skip;
+  torch::Tensor rgb = stylegan2::to_rgb(x, modulated, to_rgb.bias, skip);
 
   if (trace) (*trace)["to_rgb" + std::to_string(layer / 2) + ".rgb"] = rgb;
   return rgb;

@@ -28,6 +28,12 @@ void finish_plain(const float* conv, int64_t batch, int64_t channels, int64_t he
 void finish_blurred(const float* conv, int64_t batch, int64_t channels, int64_t height, int64_t width,
                     const Epilogue& epilogue);
 
+/// The toRGB branch for `batch` maps of `channels` x `pixels`: out[b, k, p] =
+/// sum_c weight[b, k, c] * x[b, c, p] + bias[k] + skip[b, k, p] for the 3 colours k, with
+/// `weight` [B, 3, C] already modulated and `skip` [B, 3, P] (or null).
+void to_rgb(const float* x, int64_t batch, int64_t channels, int64_t pixels, const float* weight, const float* bias,
+            const float* skip, float* out);
+
 /// Upsamples `planes` square maps of side `size` by 2 with the [1,3,3,1] FIR filter (zero
 /// insertion, gain 4, padding (2, 1)) into `out` [planes, 2 size, 2 size].
 void upsample_planes(const float* input, int64_t planes, int64_t size, float* out);

@@ -7,6 +7,7 @@
 #include "rankone/models/numpy_random.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cstring>
@@ -42,6 +43,7 @@ torch::Tensor reference_noise(int64_t batch, int64_t height, int64_t width) {
 }  // namespace stylegan2
 
 StyleGAN2::NoiseMaps StyleGAN2::make_noise(const SampleBatch& batch, const std::string& mode) const {
+  RECORD_FUNCTION("stylegan2::make_noise", std::vector<c10::IValue>());
   int64_t rows = batch.z.size(0);
   NoiseMaps noise;
 

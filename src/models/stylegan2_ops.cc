@@ -1,8 +1,10 @@
 // Convolutions, FIR filters and the fused activation of StyleGAN2, as rosinality's port
 // computes them with the modulation applied to the input and the demodulation to the output.
+#include "models/scratch_pool.h"
 #include "models/stylegan2_kernels.h"
 #include "models/stylegan2_parts.h"
 
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <cmath>
@@ -76,6 +78,7 @@ torch::Tensor demodulation(const torch::Tensor& style, const torch::Tensor& demo
 LayerOutput finish_layer(const torch::Tensor& convolved, const torch::Tensor& demod, bool upsample,
                          const torch::Tensor& noise, double strength, const torch::Tensor& bias,
                          const torch::Tensor& next_style, bool keep_output) {
+  RECORD_FUNCTION("stylegan2::finish_layer", std::vector<c10::IValue>({convolved}));
   if (records_gradient({&convolved, &demod, &noise, &bias, &next_style})) {
     return finish_layer_aten(convolved, demod, upsample, noise, strength, bias, next_style);
   }
@@ -96,11 +99,11 @@ LayerOutput finish_layer(const torch::Tensor& convolved, const torch::Tensor& de
   epilogue.bias = bias_values.data_ptr<float>();
   if (keep_output || !next_style.defined()) {
     // Without the blur the output can overwrite the convolution result.
-    result.out = upsample ? at::empty({batch, channels, height, width}, conv.options()) : conv;
+    result.out = upsample ? scratch_empty({batch, channels, height, width}) : conv;
     epilogue.out = result.out.data_ptr<float>();
   }
   if (next_style.defined()) {
-    result.next_key = at::empty({batch, channels, height, width}, conv.options());
+    result.next_key = scratch_empty({batch, channels, height, width});
     epilogue.next_style = style_values.data_ptr<float>();
     epilogue.next_key = result.next_key.data_ptr<float>();
   }
@@ -113,12 +116,35 @@ LayerOutput finish_layer(const torch::Tensor& convolved, const torch::Tensor& de
   return result;
 }
 
+torch::Tensor to_rgb(const torch::Tensor& x, const torch::Tensor& modulated_weight, const torch::Tensor& bias,
+                     const torch::Tensor& skip) {
+  RECORD_FUNCTION("stylegan2::to_rgb", std::vector<c10::IValue>({x}));
+  int64_t batch = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
+  if (records_gradient({&x, &modulated_weight, &bias, &skip})) {
+    // One matrix product per sample: [3, C] times the feature map [C, H * W].
+    torch::Tensor rgb = at::bmm(modulated_weight, x.reshape({batch, channels, height * width}));
+    rgb = rgb.view({batch, 3, height, width}) + bias.view({1, 3, 1, 1});
+    return skip.defined() ? rgb + skip : rgb;
+  }
+
+  torch::Tensor input = x.contiguous();
+  torch::Tensor weight = modulated_weight.contiguous();
+  torch::Tensor bias_values = bias.contiguous();
+  torch::Tensor skip_values = skip.defined() ? skip.expand({batch, 3, height, width}).contiguous() : skip;
+  torch::Tensor out = at::empty({batch, 3, height, width}, input.options());
+  kernels::to_rgb(input.data_ptr<float>(), batch, channels, height * width, weight.data_ptr<float>(),
+                  bias_values.data_ptr<float>(), skip_values.defined() ? skip_values.data_ptr<float>() : nullptr,
+                  out.data_ptr<float>());
+  return out;
+}
+
 torch::Tensor blur_fir(const torch::Tensor& x) {
   int64_t channels = x.size(1);
   return at::conv2d(x, fir_kernel(channels, x), {}, /*stride=*/1, /*padding=*/1, /*dilation=*/1, /*groups=*/channels);
 }
 
 torch::Tensor upsample_fir(const torch::Tensor& x) {
+  RECORD_FUNCTION("stylegan2::upsample_fir", std::vector<c10::IValue>({x}));
   if (records_gradient({&x}) || x.size(2) != x.size(3)) {
     // Zero insertion, padding (2, 1) and the 4-tap filter equal a depthwise transposed
     // convolution with stride 2 and padding 1 (the kernel is symmetric, so no flip).

@@ -80,6 +80,12 @@ LayerOutput finish_layer(const torch::Tensor& convolved, const torch::Tensor& de
                          const torch::Tensor& noise, double strength, const torch::Tensor& bias,
                          const torch::Tensor& next_style = {}, bool keep_output = true);
 
+/// The toRGB convolution: a 1x1 convolution of `x` [B, C, H, W] with the modulated weight
+/// [B, 3, C] (no demodulation), plus `bias` [3] and the running image `skip` [B, 3, H, W]
+/// when defined. Returns [B, 3, H, W].
+torch::Tensor to_rgb(const torch::Tensor& x, const torch::Tensor& modulated_weight, const torch::Tensor& bias,
+                     const torch::Tensor& skip);
+
 /// The blur after a transposed convolution with ATen ops (differentiable): the [1,3,3,1]
 /// FIR filter with gain 4 and padding (1, 1), [B, C, 2R + 1, 2R + 1] -> [B, C, 2R, 2R].
 torch::Tensor blur_fir(const torch::Tensor& x);
