@@ -10,7 +10,7 @@ namespace rankone::formats {
 /// bytes per tensor, so this allows several hundred thousand tensors.
 constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
 
-/// Whether `bytes` starts like a safetensors file: a header length within bounds followed by '{'.
+/// Whether `bytes` starts like a safetensors file: an 8-byte header length followed by '{'.
 bool looks_like_safetensors(const std::string& bytes);
 
 }  // namespace rankone::formats

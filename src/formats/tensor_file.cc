@@ -3,7 +3,10 @@
 
 #include "formats/file_io.h"
 #include "formats/safetensors.h"
+#include "formats/torch_checkpoint.h"
 #include "rankone/error.h"
+
+#include <string_view>
 
 namespace rankone {
 
@@ -11,6 +14,12 @@ namespace {
 // Shorter than any checkpoint: a safetensors file is at least 8 + 2 bytes ("{}") and a
 // PyTorch checkpoint starts with a 30-byte zip header or a 14-byte pickled magic number.
 constexpr size_t kMinFileBytes = 10;
+constexpr std::string_view kGitLfsPrefix = "version https://git-lfs";
+
+std::string hex_byte(unsigned char byte) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  return std::string{kDigits[byte >> 4], kDigits[byte & 15]};
+}
 }  // namespace
 
 std::string format_name(TensorFileFormat format) {
@@ -41,9 +50,19 @@ TensorFile load_tensor_file(const std::string& path) {
                         " bytes, too few for a PyTorch checkpoint or a safetensors file "
                         "(it may be truncated, so download or copy it again)");
   }
+
+  if (formats::looks_like_zip(bytes)) return formats::load_torch_zip(bytes, path);
+  if (formats::looks_like_pickle(bytes)) return formats::load_torch_legacy(bytes, path);
   if (formats::looks_like_safetensors(bytes)) return parse_safetensors(bytes, path);
-  // TODO: PyTorch zip and legacy checkpoints.
-  throw invalid_input(path + ": unknown file format (rankone reads PyTorch checkpoints and safetensors files)");
+
+  if (bytes.compare(0, kGitLfsPrefix.size(), kGitLfsPrefix) == 0) {
+    throw invalid_input(path + ": this is a Git LFS pointer, not the weights (run `git lfs pull` to fetch the file)");
+  }
+  std::string first_bytes;
+  for (size_t i = 0; i < 8; ++i) first_bytes += (i ? " " : "") + hex_byte(static_cast<unsigned char>(bytes[i]));
+  throw invalid_input(path + ": unknown file format: it starts with the bytes " + first_bytes +
+                      " (rankone reads PyTorch checkpoints written by torch.save, which start with a zip header "
+                      "or a pickled magic number, and safetensors files)");
 }
 
 }  // namespace rankone
