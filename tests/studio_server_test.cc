@@ -227,6 +227,8 @@ TEST_F(StudioServerTest, MalformedJsonIs400) {
   bad_layer["layer"] = 9;
   expect_error(post_json("/api/edit", bad_layer), 400);
   expect_error(client_->Get("/api/samples/1.png?scale=lots"), 400);
+  json wrong_type = {{"key", json::array({json::array({0, square_mask(0, 0, 32)})})}, {"scale", "big"}};
+  expect_error(post_json("/api/context", wrong_type), 400);
 
   // A body that is not declared as JSON is rejected before it is parsed.
   expect_error(client_->Post("/api/edit", "{}", "text/plain"), 415);
@@ -336,7 +338,7 @@ TEST_F(StudioServerTest, ContextMatchesAndSearch) {
   for (size_t i = 1; i < results.size(); ++i) {
     EXPECT_GE(results[i - 1]["score"].get<double>(), results[i]["score"].get<double>());
   }
-  // The painted sample matches its own context at least as well as the painted keys (score >= 1).
+  // The painted sample's best pixel responds at least as strongly as its painted keys on average.
   EXPECT_GE(results[0]["score"].get<double>(), 1.0 - 1e-6);
 
   json empty = {{"key", json::array()}};

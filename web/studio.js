@@ -1,7 +1,7 @@
 // rankone studio: paint masks on generated samples, copy a region, paste it
 // elsewhere, pick the context, and ask the server to rewrite one layer so that
-// every sample follows the new rule. Plain JavaScript; the server's JSON API is
-// described in docs/studio.md.
+// every sample follows the new rule. Plain JavaScript with no dependencies. The
+// server's JSON API is described in docs/studio.md.
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,6 +19,7 @@ const state = {
   paste: null,          // {index, mask, box, dx, dy}
   context: [],          // [{index, mask}]
   showOriginal: false,
+  showMasks: true,      // context masks, paste preview, painted masks and boxes on the tiles
   revision: 0,
   applied: [],
   matches: false,
@@ -271,28 +272,39 @@ function clearTileMask(tile) {
   renderTile(tile);
 }
 
+// Draws the overlays of one tile: context masks (blue, hidden while heatmaps show) and the
+// paste preview on the lower canvas, the painted mask (red) and the object's box on the upper one.
 function renderTile(tile) {
-  const context = tile.view.getContext('2d');
-  context.clearRect(0, 0, state.size, state.size);
-  for (const entry of state.context) {
-    if (entry.index === tile.index) drawTinted(context, entry.mask, 'rgba(56, 132, 255, 0.45)');
-  }
-  if (tile.painted) drawTinted(context, tile.mask, 'rgba(255, 70, 70, 0.55)');
-  if (state.object && state.object.index === tile.index) {
-    drawBox(context, state.object.box, '#27c46b');
-  }
-  tile.root.classList.toggle('selected', state.selected === tile.index);
-
   const preview = tile.preview.getContext('2d');
   preview.clearRect(0, 0, state.size, state.size);
+  const view = tile.view.getContext('2d');
+  view.clearRect(0, 0, state.size, state.size);
+  tile.root.classList.toggle('selected', state.showMasks && state.selected === tile.index);
+  if (!state.showMasks) return;
+
+  if (!state.matches) {
+    for (const entry of state.context) {
+      if (entry.index === tile.index) drawTinted(preview, entry.mask, 'rgba(56, 132, 255, 0.4)');
+    }
+  }
   if (state.paste && state.object && state.paste.index === tile.index) {
     preview.drawImage(state.object.cutout, state.paste.dx, state.paste.dy);
     drawBox(preview, state.paste.box, '#ffd23f');
   }
+
+  if (tile.painted) drawTinted(view, tile.mask, 'rgba(255, 70, 70, 0.55)');
+  if (state.object && state.object.index === tile.index) drawBox(view, state.object.box, '#27c46b');
 }
 
 function renderAllTiles() {
   for (const tile of state.tiles.values()) renderTile(tile);
+}
+
+function setShowMasks(on) {
+  if (state.showMasks === on) return;
+  state.showMasks = on;
+  $('toggle-masks').classList.toggle('active', on);
+  renderAllTiles();
 }
 
 function drawBox(context, box, color) {
@@ -325,6 +337,7 @@ function attachPointer(tile) {
   tile.view.addEventListener('pointerdown', (event) => {
     if (event.button !== 0) return;
     tile.view.setPointerCapture(event.pointerId);
+    setShowMasks(true);
     const point = pointerPosition(tile, event);
     if (state.pasteMode && state.object) {
       dragging = 'paste';
@@ -414,6 +427,7 @@ function selectedPaintedTile(action) {
 // Copy, paste and context
 
 async function copyObject() {
+  setShowMasks(true);
   const tile = selectedPaintedTile('Copy');
   const mask = cloneCanvas(tile.mask);
   const box = maskBox(mask);
@@ -431,6 +445,7 @@ async function copyObject() {
 }
 
 function addContext() {
+  setShowMasks(true);
   const tile = selectedPaintedTile('Add to context');
   state.context.push({ index: tile.index, mask: cloneCanvas(tile.mask) });
   clearTileMask(tile);
@@ -544,6 +559,7 @@ function setMatches(on) {
   if (!on) {
     for (const tile of state.tiles.values()) tile.heat.hidden = true;
   }
+  renderAllTiles();
 }
 
 async function refreshMatches() {
@@ -603,16 +619,16 @@ function showSearchResults() {
 }
 
 // ---------------------------------------------------------------------------
-// Jobs: statistics and edits run on the server's worker; the page polls their status.
+// Jobs: statistics and edits run on the server's worker, and the page polls their status.
 
-const taskLabels = { statistics: 'Computing key statistics', solve: 'Solving', queued: 'Starting' };
+const taskLabels = { statistics: 'Computing key statistics', solve: 'Solving the rewrite', queued: 'Starting' };
 
 function showJob(status) {
   const running = status.state === 'running';
   $('job').hidden = !running;
   if (!running) return;
-  const kind = status.kind === 'edit' ? 'Edit' : 'Statistics';
-  $('job-label').textContent = `${kind}: ${taskLabels[status.task] || status.task}`;
+  const task = taskLabels[status.task] || status.task;
+  $('job-label').textContent = status.kind === 'edit' ? `Edit: ${task.toLowerCase()}` : task;
   const fraction = status.total > 0 ? status.step / status.total : 0;
   $('job-bar').style.width = `${Math.round(fraction * 100)}%`;
   const loss = status.loss !== null && status.loss !== undefined ? ` · loss ${status.loss.toFixed(5)}` : '';
@@ -623,7 +639,7 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// Polls until no job runs; returns the last status.
+// Polls until no job runs and returns the last status.
 async function waitForJob() {
   state.jobRunning = true;
   updatePanels();
@@ -646,7 +662,7 @@ async function ensureStatistics(layer) {
     response = await api('/api/statistics', { method: 'POST', body: { layer } });
   } catch (error) {
     if (error.status !== 409) throw error;
-    await waitForJob();  // another job runs; ask again when it is done
+    await waitForJob();  // another job runs, so ask again when it is done
     response = await api('/api/statistics', { method: 'POST', body: { layer } });
   }
   if (!response.ready) {
@@ -683,11 +699,12 @@ async function execute() {
     applyStack(status);
     state.showOriginal = false;
     setPasteMode(false);
+    setShowMasks(false);  // show the rewritten samples unobstructed
     refreshImages();
     if (state.matches) await refreshMatches();
     const r = status.result;
     showMessage(`Edit ${r.id} applied to layer ${r.layer}: goal loss ${r.goal_loss_initial.toFixed(4)} → ` +
-      `${r.goal_loss_final.toFixed(4)} in ${r.seconds.toFixed(2)} s. Every sample now follows the new rule.`, 'success');
+      `${r.goal_loss_final.toFixed(4)} in ${r.seconds.toFixed(2)} s. The grid now shows the edited model.`, 'success');
   } else if (status.state === 'cancelled') {
     showMessage(`Edit ${started.id} cancelled.`);
   } else {
@@ -732,6 +749,13 @@ async function refreshSavedList(selected) {
     option.value = option.textContent = name;
     select.append(option);
   }
+  if (!requests.length) {
+    const placeholder = document.createElement('option');
+    placeholder.value = '';
+    placeholder.textContent = 'no saved requests';
+    select.append(placeholder);
+  }
+  select.disabled = requests.length === 0;
   if (selected) select.value = selected;
   $('load-request').disabled = requests.length === 0;
 }
@@ -840,6 +864,7 @@ function bindControls() {
   $('samples').addEventListener('keydown', (event) => {
     if (event.key === 'Enter') $('show-samples').click();
   });
+
   $('tool-paint').addEventListener('click', () => setTool('paint'));
   $('tool-erase').addEventListener('click', () => setTool('erase'));
   $('brush-size').addEventListener('input', (event) => {
@@ -853,8 +878,13 @@ function bindControls() {
     refreshImages();
     if (state.matches) await refreshMatches();
   }));
+
   $('copy').addEventListener('click', guarded(copyObject));
-  $('paste').addEventListener('click', () => setPasteMode(!state.pasteMode));
+  $('paste').addEventListener('click', () => {
+    setShowMasks(true);
+    setPasteMode(!state.pasteMode);
+  });
+  $('toggle-masks').addEventListener('click', () => setShowMasks(!state.showMasks));
   $('clear-paste').addEventListener('click', () => {
     state.object = null;
     state.paste = null;
@@ -862,21 +892,25 @@ function bindControls() {
     renderAllTiles();
     updatePanels();
   });
+
   $('add-context').addEventListener('click', guarded(addContext));
   $('show-matches').addEventListener('click', guarded(toggleMatches));
   $('search').addEventListener('click', guarded(search));
   $('show-search').addEventListener('click', showSearchResults);
+
   $('layer').addEventListener('change', guarded(async () => {
     if (state.matches) setMatches(false);
     await ensureStatistics(Number($('layer').value));
   }));
   $('execute').addEventListener('click', guarded(execute));
   $('cancel-job').addEventListener('click', guarded(() => api('/api/edit/cancel', { method: 'POST' })));
+
   $('undo').addEventListener('click', guarded(undo));
   $('revert').addEventListener('click', guarded(revert));
   $('download-patch').addEventListener('click', downloadPatch);
   $('save-request').addEventListener('click', guarded(saveRequest));
   $('load-request').addEventListener('click', guarded(loadRequest));
+
   document.addEventListener('keydown', (event) => {
     if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) return;
     if (event.key === 'p') setTool('paint');
@@ -891,8 +925,9 @@ function fillLayers(model) {
   for (const layer of model.layers) {
     const option = document.createElement('option');
     option.value = String(layer.index);
-    option.textContent = `${layer.index}: ${layer.name} (${layer.key_channels}→${layer.value_channels} ch, ` +
-      `${layer.value_size}×${layer.value_size})`;
+    option.textContent = `${layer.index}: ${layer.name}, ${layer.value_size}×${layer.value_size}`;
+    option.title = `keys ${layer.key_channels} channels at ${layer.key_size}×${layer.key_size}, ` +
+      `values ${layer.value_channels} channels at ${layer.value_size}×${layer.value_size}`;
     select.append(option);
   }
   select.value = String(model.default_layer);

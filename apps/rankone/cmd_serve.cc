@@ -29,7 +29,7 @@ int shutdown_pipe[2] = {-1, -1};
 extern "C" void on_shutdown_signal(int signal_number) {
   unsigned char byte = static_cast<unsigned char>(signal_number);
   ssize_t written = write(shutdown_pipe[1], &byte, 1);
-  (void)written;  // a full pipe already holds a pending stop request
+  (void)written;  // a full pipe already contains a pending stop request
 }
 
 // Installs the SIGINT and SIGTERM handlers. SIGINT is taken over even where the shell started

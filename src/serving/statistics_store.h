@@ -22,8 +22,9 @@ class StatisticsStore {
   StatisticsStore(const Generator& generator, SamplingSettings sampling, StatisticsSettings settings,
                   std::string cache_dir);
 
-  /// Returns the statistics of `layer`, computing them with `progress` when no other thread is;
-  /// otherwise waits for that thread. Rethrows the computing error (e.g. cancelled) to its caller only.
+  /// Returns the statistics of `layer`, computing them with `progress` unless another thread is
+  /// already computing them, in which case it waits for that thread. When that thread fails (for
+  /// example, cancelled), a waiting caller computes them itself.
   SecondMoment get(int layer, const ProgressCallback& progress = nullptr);
   bool ready(int layer) const;
   const StatisticsSettings& settings() const { return settings_; }

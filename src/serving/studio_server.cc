@@ -47,7 +47,7 @@ json parse_json_body(const httplib::Request& req) {
   }
 }
 
-// Reads an integer query parameter; throws an invalid-input Error for text that is not one.
+// Reads an integer query parameter. Throws an invalid-input Error for text that is not one.
 int int_param(const httplib::Request& req, const char* name, int fallback) {
   if (!req.has_param(name)) return fallback;
   std::string text = req.get_param_value(name);
@@ -190,6 +190,9 @@ class StudioServer::Impl {
         std::rethrow_exception(error);
       } catch (const Error& e) {
         send_error(req, res, status_of(e.kind()), e.what());
+      } catch (const json::exception& e) {
+        // Handlers read fields with json::value and get, which throw on a field of the wrong type.
+        send_error(req, res, 400, std::string("invalid field in the JSON body: ") + e.what());
       } catch (const c10::Error& e) {
         send_error(req, res, 500, std::string("libtorch: ") + e.what_without_backtrace());
       } catch (const std::exception& e) {
@@ -199,8 +202,8 @@ class StudioServer::Impl {
       }
     });
 
-    // Errors httplib raises itself (413 body too large, 400 malformed request, 404 no route)
-    // come without a body; give them the same JSON shape.
+    // Errors that httplib raises itself (413 body too large, 400 malformed request, 404 no
+    // route) come without a body, so they get the same JSON shape here.
     http_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
                                                                         httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;

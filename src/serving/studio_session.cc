@@ -22,6 +22,8 @@ namespace {
 
 // Samples per forward pass when scoring many samples (results do not depend on it).
 constexpr int64_t kChunk = 50;
+// Most image pixels one context-matches response may hold (about 200 MB of RGB before PNG).
+constexpr int64_t kMaxHeatmapPixels = int64_t{64} << 20;
 
 MaskedImage parse_masked_image(const json& entry, const std::string& where) {
   if (!entry.is_array() || entry.size() != 2 || !entry[0].is_number_integer() || !entry[1].is_string()) {
@@ -180,8 +182,10 @@ std::pair<torch::Tensor, double> StudioSession::context_direction(const ContextQ
   }
   at::Tensor d = context_directions(keys, weights, zca_matrix(moment.c), query.rank);  // [r, C_in]
 
-  // The painted keys' own strongest response is heat 1.
-  double normaliser = at::matmul(keys, d.t()).relu().norm(2, {1}).max().item<double>();
+  // Heat 1 is the mean response of the painted keys, weighted by the mask, so that most of a
+  // region like the painted one lights up fully.
+  at::Tensor painted = at::matmul(keys, d.t()).relu().norm(2, {1});  // [N]
+  double normaliser = ((painted * weights).sum() / weights.sum()).item<double>();
   return {d, std::max(normaliser, 1e-12)};
 }
 
@@ -208,12 +212,16 @@ std::vector<std::string> StudioSession::context_heatmaps(const ContextQuery& que
                                                          bool edited) {
   check_scale(scale);
   for (int64_t index : samples) check_sample(index);
+  int64_t side = original_->image_size() * scale;
+  if (static_cast<int64_t>(samples.size()) * side * side > kMaxHeatmapPixels) {
+    throw invalid_input("context matches: " + std::to_string(samples.size()) + " images of " + std::to_string(side) +
+                        "x" + std::to_string(side) + " pixels are too many: ask for fewer samples or a smaller scale");
+  }
   auto [d, normaliser] = context_direction(query);
   at::Tensor heat = context_response(query, d, normaliser, samples).clamp(0, 1);
 
   torch::NoGradGuard no_grad;
-  int64_t size = original_->image_size() * scale;
-  at::Tensor resized = at::upsample_bilinear2d(heat.unsqueeze(1), {size, size}, /*align_corners=*/false);
+  at::Tensor resized = at::upsample_bilinear2d(heat.unsqueeze(1), {side, side}, /*align_corners=*/false);
   resized = resized.squeeze(1).clamp(0, 1);
   std::vector<std::string> pngs;
   for (size_t i = 0; i < samples.size(); ++i) {
@@ -285,7 +293,7 @@ json StudioSession::run_edit(const Request& request, const std::string& id, cons
   EditingFlag editing(editing_mutex_, editing_);
   int layer = *request.layer;
 
-  // Statistics come from the original model; the solve starts from the current weights, so
+  // Statistics come from the original model. The solve starts from the current weights, so
   // edits stack.
   SecondMoment moment = statistics_->get(layer, progress);
   EditResult result;
@@ -297,7 +305,7 @@ json StudioSession::run_edit(const Request& request, const std::string& id, cons
   at::Tensor base_weight;
   {
     std::unique_lock<std::shared_mutex> lock(mutex_);
-    base_weight = stack_.base_weight(layer);  // may record the base weight, hence exclusive
+    base_weight = stack_.base_weight(layer);  // exclusive because the first call records the weight
   }
   Patch patch = make_patch(*original_, result, request.to_json(), base_weight);
   std::string patch_path = (fs::path(options_.data_dir) / "patches" / (id + ".safetensors")).string();
@@ -318,7 +326,7 @@ json StudioSession::run_edit(const Request& request, const std::string& id, cons
   applied_.push_back(summary);
   ++revision_;
   summary["revision"] = revision_;
-  spdlog::info("edit {} applied to layer {}: goal loss {:.5f} -> {:.5f}; patch {}", id, result.layer,
+  spdlog::info("edit {} applied to layer {}: goal loss {:.5f} -> {:.5f}, patch {}", id, result.layer,
                result.goal_loss_initial, result.goal_loss_final, patch_path);
   return summary;
 }

@@ -48,15 +48,16 @@ class StudioSession {
   /// PNG bytes of sample `index` from the edited or the original model, upscaled by `scale`.
   std::string render_sample(int64_t index, bool edited, int scale) const;
 
-  /// Parses {"key": [[image, mask URL], ...], "layer", "rank"}; the layer defaults to the model's.
+  /// Parses {"key": [[image, mask URL], ...], "layer", "rank"}. The layer defaults to the model's.
   ContextQuery parse_context_query(const nlohmann::json& body) const;
   /// For each of `samples`, PNG bytes of the image with a heatmap of where the context
-  /// directions fire: |relu(D k)| at each key pixel, divided by its maximum over the painted
-  /// context keys, clamped to [0, 1] and resized bilinearly to the image.
+  /// directions fire: |relu(D k)| at each key pixel, divided by its mask-weighted mean over the
+  /// painted context keys, clamped to [0, 1] and resized bilinearly to the image.
   std::vector<std::string> context_heatmaps(const ContextQuery& query, const std::vector<int64_t>& samples,
                                             int scale, bool edited);
   /// The `top` samples among `samples` whose strongest key pixel matches the context best, as
-  /// [{"index", "score"}] with the score on the heatmap scale (1: as strong as the painted keys).
+  /// [{"index", "score"}] with the score on the heatmap scale (1: as strong as the painted keys
+  /// on average).
   nlohmann::json search(const ContextQuery& query, const std::vector<int64_t>& samples, int top);
 
   /// Parses and checks a posted edit request against this model, and fills in the server's
@@ -80,7 +81,7 @@ class StudioSession {
 
  private:
   nlohmann::json stack_info_locked() const;
-  /// D [rank, C_in] of the query and the response of the painted keys that maps to heat 1.
+  /// D [rank, C_in] of the query and the mean response of the painted keys, which maps to heat 1.
   std::pair<torch::Tensor, double> context_direction(const ContextQuery& query);
   /// |relu(D k)| / normaliser at every key pixel of `samples` from the edited model: [B, H, W].
   torch::Tensor context_response(const ContextQuery& query, const torch::Tensor& d, double normaliser,
