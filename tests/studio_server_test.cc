@@ -2,6 +2,7 @@
 // with a tiny random sequential generator written by the test.
 #include "rankone/serving/studio_server.h"
 
+#include "rankone/error.h"
 #include "rankone/formats/tensor_file.h"
 #include "rankone/rewriting/masks.h"
 #include "test_support.h"
@@ -381,6 +382,21 @@ TEST_F(StudioServerTest, SaveIsAtomic) {
   expect_error(client_->Put("/api/requests/bad.name", request.dump(), "application/json"), 400);
   expect_error(client_->Put(("/api/requests/" + std::string(65, 'a')).c_str(), request.dump(), "application/json"),
                400);
+}
+
+TEST_F(StudioServerTest, BusyPortIsAnError) {
+  start_server();
+  StudioOptions second = options_;
+  second.port = port_;
+  second.data_dir = root_ + "/data2";
+  StudioServer other(root_ + "/tiny.json", second);
+  try {
+    other.bind();
+    FAIL() << "a second server bound port " << port_;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot listen on 127.0.0.1:" + std::to_string(port_)), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(StudioServerTest, StopEndsListen) {

@@ -26,7 +26,7 @@ using nlohmann::json;
 
 namespace {
 
-// Most samples one context-matches request renders.
+// Maximum number of samples one context-matches request renders.
 constexpr size_t kMaxContextSamples = 256;
 
 int status_of(ErrorKind kind) {
@@ -103,15 +103,13 @@ std::string read_file(const std::string& path) {
 
 class StudioServer::Impl {
  public:
+  // Checks the options, loads the model (in session_), starts the worker (worker_) and
+  // registers the routes.
   Impl(const std::string& model, StudioOptions options)
-      : options_(std::move(options)),
+      : options_(checked_options(std::move(options))),
         session_(model, options_),
         requests_((fs::path(options_.data_dir) / "requests").string()),
-        web_root_(options_.web_dir.empty() ? std::string(RANKONE_WEB_DIR) : options_.web_dir),
         error_prefix_(make_error_prefix()) {
-    if (!fs::is_regular_file(fs::path(web_root_) / "index.html")) {
-      throw not_found("web folder " + web_root_ + " has no index.html: pass the studio's web/ folder with --web");
-    }
     configure_server();
     register_api_routes();
     register_edit_routes();
@@ -143,6 +141,25 @@ class StudioServer::Impl {
   }
 
  private:
+  // Validates `options` before the slow model load and fills in the default web folder.
+  static StudioOptions checked_options(StudioOptions options) {
+    options.sampling.validate();
+    if (options.port < 0 || options.port > 65535) {
+      throw invalid_input("port " + std::to_string(options.port) + " is out of range 0 to 65535");
+    }
+    if (options.max_body_bytes == 0) throw invalid_input("the body size limit must be positive");
+    if (options.sample_count < 1) throw invalid_input("the studio needs at least one sample");
+    if (options.max_search_samples < 1) throw invalid_input("the search limit must be at least one sample");
+    if (options.statistics.samples < 1 || options.statistics.batch_size < 0) {
+      throw invalid_input("statistics samples must be positive and the batch size non-negative");
+    }
+    if (options.web_dir.empty()) options.web_dir = RANKONE_WEB_DIR;
+    if (!fs::is_regular_file(fs::path(options.web_dir) / "index.html")) {
+      throw not_found("web folder " + options.web_dir + " has no index.html: pass the studio's web/ folder with --web");
+    }
+    return options;
+  }
+
   static std::string make_error_prefix() {
     std::random_device device;
     return fmt::format("{:06x}", device() & 0xffffff);
@@ -160,6 +177,13 @@ class StudioServer::Impl {
   }
 
   void configure_server() {
+    // httplib's default socket options add SO_REUSEPORT, which would let a second studio bind
+    // the same port and share its connections. SO_REUSEADDR alone still allows a restart while
+    // old connections are in TIME_WAIT.
+    http_.set_socket_options([](socket_t socket) {
+      int enable = 1;
+      setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &enable, sizeof(enable));
+    });
     http_.set_payload_max_length(options_.max_body_bytes);
     http_.set_default_headers({{"X-Content-Type-Options", "nosniff"},
                                {"Cache-Control", "no-store"},
@@ -334,7 +358,7 @@ class StudioServer::Impl {
   void register_static_routes() {
     http_.Get("/.*", [this](const httplib::Request& req, httplib::Response& res) {
       if (req.path.rfind("/api/", 0) == 0) throw not_found("unknown API route " + req.path);
-      serving::StaticFile file = serving::resolve_static_file(web_root_, req.path);
+      serving::StaticFile file = serving::resolve_static_file(options_.web_dir, req.path);
       if (file.status == 403) {
         send_error(req, res, 403, "path " + req.path.substr(0, 120) + " is outside the web folder");
         return;
@@ -355,7 +379,6 @@ class StudioServer::Impl {
   StudioOptions options_;
   serving::StudioSession session_;
   serving::RequestStore requests_;
-  std::string web_root_;
   std::string error_prefix_;
   std::atomic<long> error_count_{0};
   serving::EditWorker worker_;

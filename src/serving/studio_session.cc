@@ -22,7 +22,7 @@ namespace {
 
 // Samples per forward pass when scoring many samples (results do not depend on it).
 constexpr int64_t kChunk = 50;
-// Most image pixels one context-matches response may hold (about 200 MB of RGB before PNG).
+// Maximum image pixels in one context-matches response (about 200 MB of RGB before PNG).
 constexpr int64_t kMaxHeatmapPixels = int64_t{64} << 20;
 
 MaskedImage parse_masked_image(const json& entry, const std::string& where) {
@@ -65,7 +65,6 @@ StudioSession::StudioSession(const std::string& model, const StudioOptions& opti
       original_(load_generator(model)),
       edited_(load_generator(model)),
       stack_(*edited_) {
-  options_.sampling.validate();
   statistics_ = std::make_unique<StatisticsStore>(*original_, options_.sampling, options_.statistics,
                                                   options_.cache_dir);
   fs::create_directories(fs::path(options_.data_dir) / "patches");

@@ -34,7 +34,7 @@ struct StudioOptions {
   std::string web_dir;                    // empty: the web/ folder of the source tree
   std::size_t max_body_bytes = 16u << 20;
   int64_t sample_count = 100000;          // samples 0 .. sample_count - 1 exist
-  int64_t max_search_samples = 10000;     // most samples one search may score
+  int64_t max_search_samples = 10000;     // maximum samples one search may score
   SamplingSettings sampling;
   /// Used by every edit; the `statistics` field of a posted request is replaced by these.
   StatisticsSettings statistics;
