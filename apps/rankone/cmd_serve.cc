@@ -116,7 +116,6 @@ void add_serve_command(CLI::App& app) {
     studio.cache_dir = options->no_cache ? "" : options->cache_dir;
     studio.max_body_bytes = static_cast<size_t>(options->max_body_mib * 1024 * 1024);
 
-    install_shutdown_handlers();
     int threads = options->model.threads > 0 ? options->model.threads
                                              : static_cast<int>(std::thread::hardware_concurrency());
     at::set_num_threads(std::max(1, threads));
@@ -131,7 +130,9 @@ void add_serve_command(CLI::App& app) {
     std::printf("rankone studio: %s\n", server.url().c_str());
     std::fflush(stdout);
 
-    // Listen until a signal stops the server.
+    // Listen until a signal stops the server. Until here a signal takes its default action,
+    // which is right while there is nothing to shut down.
+    install_shutdown_handlers();
     std::thread watcher = watch_signals(server);
     server.listen();
     const unsigned char end_watcher = 0;
