@@ -10,4 +10,4 @@ export RANKONE_MODELS="${RANKONE_MODELS:-$root/build/models}"
 export RANKONE_CACHE="${RANKONE_CACHE:-$root/build/cache}"
 "$root/build/rankone" fetch dcgan-celeba32
 cd "$root/build"
-ctest --output-on-failure --timeout 600 "$@"
+ctest --output-on-failure --timeout 900 -j "$(nproc)" "$@"
