@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
   try {
     if (std::filesystem::exists(rankone::models_dir() + "/dcgan-celeba32/generator.pt")) {
       auto g = rankone::load_generator("dcgan-celeba32");
-      Request request = rankone::load_request(std::string(RANKONE_SOURCE_DIR) + "/requests/dcgan-sunglasses.json");
+      Request request = rankone::load_request(rankone::source_dir() + "/requests/dcgan-sunglasses.json");
       for (int layer : {2, 3}) {
         request.layer = layer;
         rows.push_back(compare_solvers("dcgan-celeba32 layer " + std::to_string(layer), *g, request, true));
@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
       std::printf("dcgan-celeba32 not fetched: skipping case (a)\n");
     }
 
-    std::string fixtures = std::string(RANKONE_SOURCE_DIR) + "/../shared/fixtures/stylegan2-tiny";
+    std::string fixtures = rankone::source_dir() + "/../shared/fixtures/stylegan2-tiny";
     if (std::filesystem::exists(fixtures)) {
       auto g = rankone::load_generator(fixtures + "/generator.safetensors");
       Request request = rankone::load_request(fixtures + "/request_layer6.json");

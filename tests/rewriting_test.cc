@@ -78,7 +78,7 @@ class BundledEdit : public ::testing::Test {
       GTEST_SKIP() << "dcgan-celeba32 not fetched (run `rankone fetch dcgan-celeba32`)";
     }
     generator_ = load_generator("dcgan-celeba32");
-    request_ = load_request(std::string(RANKONE_SOURCE_DIR) + "/requests/dcgan-sunglasses.json");
+    request_ = load_request(rankone::source_dir() + "/requests/dcgan-sunglasses.json");
     request_.statistics.samples = 200;
   }
 

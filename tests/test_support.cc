@@ -1,5 +1,7 @@
 #include "test_support.h"
 
+#include "rankone/models/model_store.h"
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -13,7 +15,7 @@ std::string fixtures_dir() {
   if (const char* env = std::getenv("RANKONE_FIXTURES")) {
     if (fs::is_directory(env)) return env;
   }
-  fs::path beside = fs::path(RANKONE_SOURCE_DIR).parent_path() / "shared" / "fixtures";
+  fs::path beside = fs::path(rankone::source_dir()).parent_path() / "shared" / "fixtures";
   if (fs::is_directory(beside)) return beside.string();
   return "";
 }

@@ -50,6 +50,8 @@ std::string shell_quote(const std::string& text) {
 
 }  // namespace
 
+std::string source_dir() { return RANKONE_SOURCE_DIR; }
+
 std::string models_dir() {
   std::string dir = env_or_empty("RANKONE_MODELS");
   if (!dir.empty()) return dir;
@@ -64,7 +66,7 @@ std::string models_dir() {
 std::string cards_dir() {
   std::string dir = env_or_empty("RANKONE_CARDS");
   if (!dir.empty()) return dir;
-  return std::string(RANKONE_SOURCE_DIR) + "/models/cards";
+  return source_dir() + "/models/cards";
 }
 
 std::vector<std::string> bundled_models() {

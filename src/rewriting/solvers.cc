@@ -91,9 +91,9 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
   at::Tensor w0 = result.weight_before;
   const int64_t out_channels = w0.size(0), rank = d.size(0), kh = w0.size(2), kw = w0.size(3);
   const int64_t unknowns = rank * kh * kw;
-  // Iterations stop after two in a row that improve the loss by less than kMinImprovement
-  // (relative), or after kMaxIterations.
-  constexpr int kMaxIterations = 30;
+  // Iterations stop after two in a row with a fresh Jacobian that improve the loss by less
+  // than kMinImprovement (relative), or after kMaxIterations.
+  constexpr int kMaxIterations = 40;
   constexpr double kMinImprovement = 1e-4;
   const int max_iterations = std::min(settings.steps, kMaxIterations);
   at::Tensor lambda = at::zeros({out_channels, rank, kh, kw});
@@ -106,14 +106,23 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
   torch::NoGradGuard outer_no_grad;
   at::Tensor losses = channel_losses(g, layer, goal, w0);
   double total = losses.sum().item<double>();
+  // The Jacobian changes little between iterations (not at all before the activation of a
+  // linear layer), so it is recomputed only every kJacobianRefresh iterations or after a
+  // stalled step: each refresh costs r*k*k backward passes, an iteration without one a forward.
+  constexpr int kJacobianRefresh = 6;
+  at::Tensor jacobian;
+  bool refresh_jacobian = true;
   int stalled = 0;
   for (int it = 0; it < max_iterations; ++it) {
     result.losses.push_back(total / goal_numel);
     report(progress, it + 1, max_iterations, total / goal_numel, start);
 
-    // Residual and Jacobian blocks J[o, p, j] at the current Lambda.
-    at::Tensor jacobian, residual;
-    {
+    // Residual, and Jacobian blocks J[o, p, j] at the current Lambda when they are due.
+    bool fresh_jacobian = refresh_jacobian || it % kJacobianRefresh == 0;
+    at::Tensor residual;
+    if (!fresh_jacobian) {
+      residual = per_channel(goal.values - g.run_target(layer, goal.inputs, w0 + delta_of(lambda, d)));
+    } else {
       torch::AutoGradMode grad_mode(true);
       at::Tensor lambda_var = lambda.clone().requires_grad_(true);
       at::Tensor output = g.run_target(layer, goal.inputs, w0 + delta_of(lambda_var, d));  // [1, O, h, w]
@@ -183,7 +192,14 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     lambda = best_lambda;
     losses = best_channel_losses;
     total = best_total;
-    stalled = improvement < kMinImprovement ? stalled + 1 : 0;
+    refresh_jacobian = false;
+    if (improvement >= kMinImprovement) {
+      stalled = 0;
+    } else if (fresh_jacobian) {
+      ++stalled;
+    } else {
+      refresh_jacobian = true;  // a stale Jacobian may be what stalls: retry with a fresh one
+    }
     if (stalled >= 2) break;
   }
   result.losses.push_back(total / goal_numel);

@@ -9,6 +9,9 @@
 
 namespace rankone {
 
+/// The source tree rankone was built from (bundled cards, requests and the studio page).
+std::string source_dir();
+
 /// Folder of fetched weights: $RANKONE_MODELS, else $XDG_CACHE_HOME/rankone/models,
 /// else ~/.cache/rankone/models. Each model has a subfolder named after it.
 std::string models_dir();
