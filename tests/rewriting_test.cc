@@ -12,6 +12,7 @@
 #include <torch/types.h>
 
 #include <filesystem>
+#include <fstream>
 #include <functional>
 
 namespace rankone {
@@ -198,6 +199,69 @@ TEST(Request, RoundTripKeepsUnknownFields) {
   EXPECT_EQ(again.to_json(), request.to_json());
   EXPECT_EQ(again.to_json()["note"], "from the notebook");
   EXPECT_EQ(*again.layer, 3);
+}
+
+}  // namespace
+}  // namespace rankone
+
+namespace rankone {
+namespace {
+
+TEST(StatisticsCache, CorruptFileRecomputed) {
+  std::unique_ptr<Generator> g = synthetic_linear_generator();
+  SamplingSettings sampling;
+  StatisticsSettings settings{30, 7};
+  std::string cache = testing::temp_dir();
+
+  SecondMoment first = load_or_compute_second_moment(*g, 1, sampling, settings, cache);
+  EXPECT_FALSE(first.from_cache);
+  EXPECT_EQ(first.count, 30 * 4 * 4);
+  SecondMoment second = load_or_compute_second_moment(*g, 1, sampling, settings, cache);
+  EXPECT_TRUE(second.from_cache);
+  EXPECT_TRUE(second.c.equal(first.c));
+
+  // Flip one byte of the matrix: the checksum no longer matches, so the file is not trusted.
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(cache)) files.push_back(entry.path());
+  ASSERT_EQ(files.size(), 1u);
+  {
+    std::fstream file(files[0], std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(-3, std::ios::end);
+    char byte = 0;
+    file.read(&byte, 1);
+    file.seekp(-3, std::ios::end);
+    byte = static_cast<char>(byte ^ 0x55);
+    file.write(&byte, 1);
+  }
+  SecondMoment third = load_or_compute_second_moment(*g, 1, sampling, settings, cache);
+  EXPECT_FALSE(third.from_cache);
+  EXPECT_TRUE(third.c.equal(first.c));
+
+  // Truncated to a few bytes: also recomputed, and other settings get their own entry.
+  std::filesystem::resize_file(files[0], 5);
+  EXPECT_FALSE(load_or_compute_second_moment(*g, 1, sampling, settings, cache).from_cache);
+  EXPECT_FALSE(load_or_compute_second_moment(*g, 1, sampling, {31, 7}, cache).from_cache);
+}
+
+TEST(Statistics, MatchesOuterProductSum) {
+  std::unique_ptr<Generator> g = synthetic_linear_generator();
+  SamplingSettings sampling;
+  SecondMoment moment = compute_second_moment(*g, 1, sampling, {12, 5});
+  at::Tensor keys = g->run_context(1, g->latents({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, sampling), sampling).key;
+  at::Tensor rows = keys.permute({0, 2, 3, 1}).reshape({-1, 16}).to(at::kDouble);
+  at::Tensor expected = at::zeros({16, 16}, at::kDouble);
+  for (int64_t p = 0; p < rows.size(0); ++p) expected += at::outer(rows[p], rows[p]);
+  expected /= rows.size(0);
+  EXPECT_LT((moment.c - expected).abs().max().item<double>(), 1e-9);
+}
+
+TEST_F(BundledEdit, EraseLowersGoalLoss) {
+  request_.mode = "erase";
+  request_.object.reset();
+  EditResult result = edit();
+  EXPECT_LT(result.goal_loss_final, result.goal_loss_initial);
+  EXPECT_EQ(result.d.size(0), 1);
+  EXPECT_EQ(result.d.sum().item<float>(), 1.0f);  // one unit, as a one-hot row
 }
 
 }  // namespace
