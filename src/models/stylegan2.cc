@@ -172,7 +172,15 @@ torch::Tensor StyleGAN2::synthesize(const torch::Tensor& w, const NoiseMaps& noi
     if (found == noise.end()) {
       throw invalid_input("no noise given for StyleGAN2 layer " + std::to_string(conv->layer));
     }
-    run_step(conv->layer, w, found->second, cursor, /*prepare_next_key=*/trace == nullptr, trace);
+    const torch::Tensor& layer_noise = found->second;
+    bool rows_match = layer_noise.defined() && (layer_noise.size(0) == batch || layer_noise.size(0) == 1);
+    if (layer_noise.defined() && (layer_noise.dim() != 4 || !rows_match || layer_noise.size(1) != 1 ||
+                                  layer_noise.size(2) != conv->value_size || layer_noise.size(3) != conv->value_size)) {
+      throw invalid_input("the noise of StyleGAN2 layer " + std::to_string(conv->layer) + " has shape " +
+                          shape_text(layer_noise) + ", expected [" + std::to_string(batch) + ", 1, " +
+                          std::to_string(conv->value_size) + ", " + std::to_string(conv->value_size) + "]");
+    }
+    run_step(conv->layer, w, layer_noise, cursor, /*prepare_next_key=*/trace == nullptr, trace);
   }
   return cursor.rgb;
 }
