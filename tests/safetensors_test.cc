@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 
 namespace rankone {
@@ -290,6 +291,28 @@ TEST(Safetensors, TruncatedFixtureFails) {
       EXPECT_NE(message.find("truncated"), std::string::npos) << message;
     }
   }
+}
+
+TEST(Safetensors, SurvivesCorruptedHeader) {
+  RANKONE_REQUIRE_FIXTURE(folder, "stylegan2-tiny");
+  std::string original = read_bytes(folder + "/generator.safetensors");
+  uint64_t header_size = 0;
+  std::memcpy(&header_size, original.data(), 8);
+  ASSERT_LT(header_size, original.size());
+  std::mt19937 random(5);
+  int rejected = 0;
+  for (int trial = 0; trial < 500; ++trial) {
+    std::string bytes = original;
+    for (int flips = 0; flips < 2; ++flips) bytes[random() % (8 + header_size)] = static_cast<char>(random() & 0xff);
+    // Each corrupted file either parses or raises rankone::Error naming it, never anything else.
+    try {
+      parse_safetensors(bytes, "corrupt.safetensors");
+    } catch (const Error& e) {
+      ++rejected;
+      EXPECT_NE(std::string(e.what()).find("corrupt.safetensors: "), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_GT(rejected, 0);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -411,6 +412,53 @@ TEST(TorchCheckpoint, RejectsBadLegacyCheckpoints) {
     EXPECT_NE(message.find(path + ": "), std::string::npos) << message;
     EXPECT_NE(message.find(c.message), std::string::npos) << message;
   }
+}
+
+TEST(TorchCheckpoint, SurvivesCorruptedLegacy) {
+  RANKONE_REQUIRE_FIXTURE(folder, "stylegan2-tiny");
+  std::string original = read_bytes(folder + "/generator_legacy.pt");
+  ASSERT_GT(original.size(), 11000u);
+  std::string path = testing::temp_dir() + "/corrupt.pt";
+  std::mt19937 random(99);
+  int rejected = 0;
+  for (int trial = 0; trial < 100; ++trial) {
+    std::string bytes = original;
+    // Corrupt the pickles and the storage key list (the first ~11 KB), not only tensor data.
+    for (int flips = 0; flips < 2; ++flips) bytes[random() % 11000] = static_cast<char>(random() & 0xff);
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    // Each file either loads or raises rankone::Error naming it, never anything else.
+    try {
+      load_tensor_file(path);
+    } catch (const Error& e) {
+      ++rejected;
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_GT(rejected, 0);
+}
+
+TEST(TorchCheckpoint, SurvivesCorruptedZipDirectory) {
+  RANKONE_REQUIRE_FIXTURE(folder, "stylegan2-tiny");
+  std::string original = read_bytes(folder + "/generator.pt");
+  ASSERT_GT(original.size(), 8000u);
+  std::string path = testing::temp_dir() + "/corrupt.pt";
+  std::mt19937 random(7);
+  int rejected = 0;
+  for (int trial = 0; trial < 100; ++trial) {
+    std::string bytes = original;
+    // Corrupt the central directory and end records in the last 8 KB.
+    for (int flips = 0; flips < 2; ++flips) {
+      bytes[bytes.size() - 1 - random() % 8000] = static_cast<char>(random() & 0xff);
+    }
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    try {
+      load_tensor_file(path);
+    } catch (const Error& e) {
+      ++rejected;
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_GT(rejected, 0);
 }
 
 TEST(TorchCheckpoint, FormatNames) {

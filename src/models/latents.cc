@@ -60,3 +60,40 @@ SampleBatch make_latents(const std::vector<int64_t>& indices, int64_t size, Late
 }
 
 }  // namespace rankone
+
+namespace rankone {
+
+std::vector<int64_t> parse_sample_indices(const std::string& text, size_t max_count) {
+  auto fail = [&](const std::string& why) {
+    return invalid_input("invalid sample list '" + text + "': " + why +
+                         " (write indices and inclusive ranges such as 0-63 or 1,4,10-12)");
+  };
+  auto parse_number = [&](const std::string& part) -> int64_t {
+    if (part.empty() || part.size() > 10 || part.find_first_not_of("0123456789") != std::string::npos) {
+      throw fail("'" + part + "' is not a non-negative integer");
+    }
+    int64_t value = std::stoll(part);
+    if (value > 0xffffffffLL) throw fail(part + " is above the largest index 4294967295");
+    return value;
+  };
+
+  std::vector<int64_t> indices;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    size_t dash = item.find('-');
+    int64_t first = parse_number(dash == std::string::npos ? item : item.substr(0, dash));
+    int64_t last = dash == std::string::npos ? first : parse_number(item.substr(dash + 1));
+    if (last < first) throw fail("range " + item + " runs backwards");
+    if (static_cast<uint64_t>(last - first) + indices.size() >= max_count) {
+      throw fail("more than " + std::to_string(max_count) + " samples");
+    }
+    for (int64_t i = first; i <= last; ++i) indices.push_back(i);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return indices;
+}
+
+}  // namespace rankone

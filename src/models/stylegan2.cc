@@ -326,6 +326,11 @@ void StyleGAN2::set_weight(int layer, const torch::Tensor& canonical) {
   conv.demod_weight = stylegan2::prepare_demod_weight(conv.weight);
 }
 
+torch::Tensor StyleGAN2::to_checkpoint_layout(int layer, const torch::Tensor& canonical) const {
+  this->layer(layer);  // validates the number
+  return canonical.unsqueeze(0).contiguous();  // rosinality stores [1, out, in, 3, 3]
+}
+
 std::string StyleGAN2::describe() const {
   std::ostringstream out;
   out << "StyleGAN2 " << resolution_ << "x" << resolution_ << " (" << source_ << ")\n";

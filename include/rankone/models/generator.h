@@ -121,6 +121,9 @@ class Generator {
   virtual torch::Tensor weight(int layer) const = 0;
   /// Replaces the weight of `layer` (canonical layout, same shape).
   virtual void set_weight(int layer, const torch::Tensor& canonical) = 0;
+  /// Converts a canonical weight of `layer` to the layout of the checkpoint tensor
+  /// LayerInfo::weight_name (e.g. [C_in, C_out, k, k] for a transposed convolution).
+  virtual torch::Tensor to_checkpoint_layout(int layer, const torch::Tensor& canonical) const = 0;
 
   /// sha256 (hex) over every parameter as loaded, independent of later set_weight calls;
   /// keys statistics caches.

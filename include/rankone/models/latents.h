@@ -23,3 +23,11 @@ SampleBatch make_latents(const std::vector<int64_t>& indices, int64_t size, Late
                          const SamplingSettings& settings);
 
 }  // namespace rankone
+
+namespace rankone {
+
+/// Parses sample indices such as "0-63", "5" or "1,4,10-12" (ranges inclusive).
+/// Throws an invalid-input Error for malformed text or more than `max_count` indices.
+std::vector<int64_t> parse_sample_indices(const std::string& text, size_t max_count = 100000);
+
+}  // namespace rankone

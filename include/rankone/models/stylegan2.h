@@ -116,6 +116,7 @@ class StyleGAN2 : public Generator {
 
   torch::Tensor weight(int layer) const override;
   void set_weight(int layer, const torch::Tensor& canonical) override;
+  torch::Tensor to_checkpoint_layout(int layer, const torch::Tensor& canonical) const override;
   /// sha256 over a manifest of every tensor as loaded: one line per tensor with its name
   /// (without the `g_ema.` prefix), shape and the sha256 of its float32 bytes, in name order.
   std::string fingerprint() const override { return fingerprint_; }

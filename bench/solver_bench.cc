@@ -1,0 +1,201 @@
+// Solver and statistics speed: the reference Adam optimiser against the direct solver
+// on the same requests, plus statistics throughput, in one run on one machine.
+//
+//   build/bench/solver_bench [--threads N] [--skip-adam-256]
+//
+// Cases: (a) the bundled face model (dcgan-celeba32, fetched) at layers 2 and 3 with the
+// bundled sunglasses request; (b) the tiny StyleGAN2 fixture's layer-6 request in the
+// reference sampling mode; (c) a 256x256 config-f StyleGAN2 with random weights at layers 6
+// and 8 with a synthetic request. For each: seconds and final goal loss of both solvers.
+// Then second-moment throughput at layer 6 of the 256x256 model: one matrix product per
+// batch against one outer product per key pixel.
+#include "rankone/formats/tensor_file.h"
+#include "rankone/models/generator.h"
+#include "rankone/models/model_store.h"
+#include "rankone/models/stylegan2.h"
+#include "rankone/rewriting/masks.h"
+#include "rankone/rewriting/rewriter.h"
+#include "rankone/rewriting/statistics.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <string>
+#include <thread>
+
+namespace {
+
+using rankone::EditResult;
+using rankone::Generator;
+using rankone::Request;
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+struct Row {
+  std::string name;
+  double adam_seconds = -1, adam_loss = -1, direct_seconds = -1, direct_loss = -1, initial_loss = -1;
+  double end_to_end = -1;  // direct: goal, directions and solve, statistics cached
+};
+
+// Solves `request` with both solvers on cached statistics.
+Row compare_solvers(const std::string& name, const Generator& g, Request request, bool run_adam) {
+  int layer = rankone::request_layer(g, request);
+  std::printf("  %s: statistics (%lld samples)...\n", name.c_str(), static_cast<long long>(request.statistics.samples));
+  std::fflush(stdout);
+  rankone::SecondMoment moment = rankone::compute_second_moment(g, layer, request.sampling, request.statistics);
+  Row row;
+  row.name = name;
+  request.solver.solver = "direct";
+  double start = now();
+  EditResult direct = rankone::rewrite(g, request, moment);
+  row.end_to_end = now() - start;
+  row.direct_seconds = direct.seconds;
+  row.direct_loss = direct.goal_loss_final;
+  row.initial_loss = direct.goal_loss_initial;
+  if (run_adam) {
+    request.solver.solver = "adam";
+    request.solver.steps = 2001;
+    EditResult adam = rankone::rewrite(g, request, moment);
+    row.adam_seconds = adam.seconds;
+    row.adam_loss = adam.goal_loss_final;
+  }
+  return row;
+}
+
+rankone::MaskedImage rectangle(int64_t image, int64_t canvas, int64_t top, int64_t left, int64_t bottom,
+                               int64_t right) {
+  rankone::MaskedImage masked;
+  masked.image = image;
+  masked.mask = at::zeros({canvas, canvas}, at::kByte);
+  masked.mask.slice(0, top, bottom).slice(1, left, right).fill_(255);
+  masked.url = rankone::encode_mask_url(masked.mask);
+  return masked;
+}
+
+// A copy / paste request on a 256-pixel canvas: a square from image 1 pasted onto image 2,
+// with three context regions.
+Request synthetic_request(int layer) {
+  Request request;
+  request.layer = layer;
+  request.object = rectangle(1, 256, 64, 96, 128, 160);
+  request.paste = rectangle(2, 256, 32, 128, 96, 192);
+  request.keys = {rectangle(2, 256, 32, 128, 96, 192), rectangle(3, 256, 40, 80, 104, 144),
+                  rectangle(4, 256, 100, 30, 150, 90)};
+  request.statistics = {200, 10};
+  return request;
+}
+
+// Samples per second of the second moment at `layer`: batched product vs per-pixel outer products.
+void statistics_throughput(const Generator& g, int layer) {
+  torch::NoGradGuard no_grad;
+  rankone::SamplingSettings sampling;
+  const int64_t samples = 40;
+  const rankone::LayerInfo& info = g.layer(layer);
+
+  double start = now();
+  rankone::compute_second_moment(g, layer, sampling, {samples, 10});
+  double batched = samples / (now() - start);
+
+  start = now();
+  at::Tensor sum = at::zeros({info.key_channels, info.key_channels}, at::kDouble);
+  for (int64_t first = 0; first < samples; first += 10) {
+    std::vector<int64_t> indices(10);
+    std::iota(indices.begin(), indices.end(), first);
+    at::Tensor keys = g.run_context(layer, g.latents(indices, sampling), sampling).key.to(at::kDouble);
+    at::Tensor rows = keys.permute({0, 2, 3, 1}).reshape({-1, info.key_channels});
+    for (int64_t p = 0; p < rows.size(0); ++p) sum.addr_(rows[p], rows[p]);
+  }
+  double outer = samples / (now() - start);
+
+  start = now();
+  for (int64_t first = 0; first < samples; first += 10) {
+    std::vector<int64_t> indices(10);
+    std::iota(indices.begin(), indices.end(), first);
+    g.run_context(layer, g.latents(indices, sampling), sampling);
+  }
+  double context_only = samples / (now() - start);
+  std::printf("\nstatistics at layer %d (%lld keys of %lld channels per sample), %lld samples, batch 10:\n", layer,
+              static_cast<long long>(info.key_size * info.key_size), static_cast<long long>(info.key_channels),
+              static_cast<long long>(samples));
+  std::printf("  %-34s %10.1f samples/s\n", "matrix product per batch", batched);
+  std::printf("  %-34s %10.1f samples/s\n", "outer product per key pixel", outer);
+  std::printf("  %-34s %10.1f samples/s\n", "network up to the layer alone", context_only);
+  std::printf("  ratio batched / per pixel: %.1fx\n", batched / outer);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  bool skip_adam_256 = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag == "--threads" && i + 1 < argc) {
+      threads = std::max(1, std::atoi(argv[++i]));
+    } else if (flag == "--skip-adam-256") {
+      skip_adam_256 = true;
+    } else {
+      std::fprintf(stderr, "usage: solver_bench [--threads N] [--skip-adam-256]\n");
+      return 2;
+    }
+  }
+  at::set_num_threads(threads);
+  std::printf("threads %d\n", at::get_num_threads());
+  std::vector<Row> rows;
+
+  try {
+    if (std::filesystem::exists(rankone::models_dir() + "/dcgan-celeba32/generator.pt")) {
+      auto g = rankone::load_generator("dcgan-celeba32");
+      Request request = rankone::load_request(std::string(RANKONE_SOURCE_DIR) + "/requests/dcgan-sunglasses.json");
+      for (int layer : {2, 3}) {
+        request.layer = layer;
+        rows.push_back(compare_solvers("dcgan-celeba32 layer " + std::to_string(layer), *g, request, true));
+      }
+    } else {
+      std::printf("dcgan-celeba32 not fetched: skipping case (a)\n");
+    }
+
+    std::string fixtures = std::string(RANKONE_SOURCE_DIR) + "/../shared/fixtures/stylegan2-tiny";
+    if (std::filesystem::exists(fixtures)) {
+      auto g = rankone::load_generator(fixtures + "/generator.safetensors");
+      Request request = rankone::load_request(fixtures + "/request_layer6.json");
+      request.layer = 6;
+      request.sampling.latents = "reference";
+      request.sampling.noise = "reference";
+      request.statistics = {200, 10};
+      rows.push_back(compare_solvers("stylegan2-tiny layer 6 (fixture)", *g, request, true));
+    } else {
+      std::printf("fixtures not found: skipping case (b)\n");
+    }
+
+    rankone::StyleGAN2Config config;
+    config.resolution = 256;
+    config.style_size = 512;
+    config.mapping_layers = 8;
+    config.channels = rankone::config_f_channels(256);
+    rankone::StyleGAN2 g(rankone::make_random_stylegan2(config, 1));
+    for (int layer : {6, 8}) {
+      rows.push_back(compare_solvers("stylegan2-256 random, layer " + std::to_string(layer), g,
+                                     synthetic_request(layer), !skip_adam_256));
+    }
+
+    std::printf("\n%-36s %9s | %9s %9s | %9s %9s %9s | %8s\n", "case", "initial", "adam s", "adam loss", "direct s",
+                "direct loss", "end-to-end", "speed-up");
+    for (const Row& row : rows) {
+      std::printf("%-36s %9.5f | %9.2f %9.5f | %9.3f %11.5f %9.3f | %7.0fx\n", row.name.c_str(), row.initial_loss,
+                  row.adam_seconds, row.adam_loss, row.direct_seconds, row.direct_loss, row.end_to_end,
+                  row.adam_seconds > 0 ? row.adam_seconds / row.direct_seconds : 0.0);
+    }
+    statistics_throughput(g, 6);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
