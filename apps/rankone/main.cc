@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   rankone::cli::add_info_command(app);
   rankone::cli::add_sample_command(app);
   rankone::cli::add_rewriting_commands(app);
+  rankone::cli::add_serve_command(app);
 
   auto logger = spdlog::stderr_color_mt("rankone");
   spdlog::set_default_logger(logger);
