@@ -330,6 +330,13 @@ TEST(StyleGAN2, StoredAndZeroNoise) {
   torch::Tensor w = g->map_latents(batch.z);
   EXPECT_LE(max_abs_diff(g->generate(batch, settings), g->synthesize(w, zero)), 1e-6);
 
+  zero[7] = at::zeros({2, 1, 16, 16});
+  EXPECT_NE(error_message([&] { g->synthesize(w, zero); }).find("layer 7 has shape [2, 1, 16, 16], expected [2, 1, 32, 32]"),
+            std::string::npos);
+  zero[7] = at::zeros({32, 32});
+  EXPECT_NE(error_message([&] { g->synthesize(w, zero); }).find("layer 7 has shape [32, 32], expected"),
+            std::string::npos);
+
   settings.noise = "whatever";
   EXPECT_NE(error_message([&] { g->generate(batch, settings); }).find("unknown noise mode 'whatever'"),
             std::string::npos);

@@ -26,17 +26,6 @@ std::string shape_text(const torch::Tensor& tensor) {
   return out.str();
 }
 
-void check_settings(const SamplingSettings& settings) {
-  const std::string& mode = settings.noise;
-  if (mode != "sample" && mode != "stored" && mode != "reference" && mode != "zero") {
-    throw invalid_input("unknown noise mode '" + mode +
-                        "': expected \"sample\", \"stored\", \"reference\" or \"zero\"");
-  }
-  if (!std::isfinite(settings.truncation)) {
-    throw invalid_input("truncation must be a finite number, got " + std::to_string(settings.truncation));
-  }
-}
-
 const torch::Tensor& extra(const LayerState& state, const std::string& name, int layer) {
   auto found = state.extras.find(name);
   if (found == state.extras.end() || !found->second.defined()) {
@@ -172,14 +161,24 @@ torch::Tensor StyleGAN2::synthesize(const torch::Tensor& w, const NoiseMaps& noi
     if (found == noise.end()) {
       throw invalid_input("no noise given for StyleGAN2 layer " + std::to_string(conv->layer));
     }
-    run_step(conv->layer, w, found->second, cursor, /*prepare_next_key=*/trace == nullptr, trace);
+    const torch::Tensor& layer_noise = found->second;
+    bool valid = !layer_noise.defined() ||
+                 (layer_noise.dim() == 4 && (layer_noise.size(0) == batch || layer_noise.size(0) == 1) &&
+                  layer_noise.size(1) == 1 && layer_noise.size(2) == conv->value_size &&
+                  layer_noise.size(3) == conv->value_size);
+    if (!valid) {
+      throw invalid_input("the noise of StyleGAN2 layer " + std::to_string(conv->layer) + " has shape " +
+                          shape_text(layer_noise) + ", expected [" + std::to_string(batch) + ", 1, " +
+                          std::to_string(conv->value_size) + ", " + std::to_string(conv->value_size) + "]");
+    }
+    run_step(conv->layer, w, layer_noise, cursor, /*prepare_next_key=*/trace == nullptr, trace);
   }
   return cursor.rgb;
 }
 
 torch::Tensor StyleGAN2::generate(const SampleBatch& batch, const SamplingSettings& settings) const {
   at::NoGradGuard no_grad;
-  check_settings(settings);
+  settings.validate();
   torch::Tensor w = map_and_truncate(batch, settings);
   return synthesize(w, make_noise(batch, settings.noise));
 }
@@ -187,7 +186,7 @@ torch::Tensor StyleGAN2::generate(const SampleBatch& batch, const SamplingSettin
 LayerState StyleGAN2::run_context(int layer, const SampleBatch& batch, const SamplingSettings& settings) const {
   at::NoGradGuard no_grad;
   const StyledConv& target = conv_at(layer);
-  check_settings(settings);
+  settings.validate();
   torch::Tensor w = map_and_truncate(batch, settings);
   NoiseMaps noise = make_noise(batch, settings.noise);
   int64_t rows = w.size(0);
@@ -269,7 +268,7 @@ torch::Tensor StyleGAN2::run_render(int layer, const LayerState& state, const to
 LayerState StyleGAN2::crop(int layer, const LayerState& state, const Box& key_box,
                            const SamplingSettings& settings) const {
   const StyledConv& conv = conv_at(layer);
-  check_settings(settings);
+  settings.validate();
   if (!state.key.defined() || state.key.dim() != 4) {
     throw invalid_input("StyleGAN2 layer " + std::to_string(layer) + ": the state to crop has no key map");
   }
