@@ -13,6 +13,8 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -128,9 +130,19 @@ class StudioServer::Impl {
     return port_;
   }
 
-  void listen() { http_.listen_after_bind(); }
+  void listen() {
+    listening_ = true;
+    if (!stopping_) http_.listen_after_bind();
+    listening_ = false;
+  }
 
+  // httplib's stop() does nothing until listen() has started running, so a stop that comes
+  // first either makes listen() return at once or waits (up to 2 s) for it to start.
   void stop() {
+    stopping_ = true;
+    for (int i = 0; i < 200 && listening_ && !http_.is_running(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     http_.stop();
     worker_.stop();
   }
@@ -381,6 +393,7 @@ class StudioServer::Impl {
   serving::RequestStore requests_;
   std::string error_prefix_;
   std::atomic<long> error_count_{0};
+  std::atomic<bool> listening_{false}, stopping_{false};
   serving::EditWorker worker_;
   httplib::Server http_;
   int port_ = -1;
