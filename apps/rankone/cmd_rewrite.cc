@@ -139,16 +139,10 @@ void add_edit_command(CLI::App& app) {
 
     Patch patch = make_patch(*generator, result, request.to_json(), result.weight_before);
     save_patch(options->out, patch);
-    nlohmann::json summary = {{"layer", result.layer},
-                              {"rank", result.rank},
-                              {"solver", result.solver},
-                              {"steps", result.steps},
-                              {"seconds", result.seconds},
-                              {"goal_loss_initial", result.goal_loss_initial},
-                              {"goal_loss_final", result.goal_loss_final},
-                              {"statistics_seconds", statistics.seconds},
-                              {"statistics_cached", statistics.from_cache},
-                              {"patch", options->out}};
+    nlohmann::json summary = result.summary();
+    summary["statistics_seconds"] = statistics.seconds;
+    summary["statistics_cached"] = statistics.from_cache;
+    summary["patch"] = options->out;
     if (options->json) {
       std::cout << summary.dump() << std::endl;
     } else {

@@ -23,6 +23,16 @@ int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 }  // namespace
 
+nlohmann::json EditResult::summary() const {
+  return {{"layer", layer},
+          {"rank", rank},
+          {"solver", solver},
+          {"steps", steps},
+          {"seconds", seconds},
+          {"goal_loss_initial", goal_loss_initial},
+          {"goal_loss_final", goal_loss_final}};
+}
+
 int request_layer(const Generator& generator, const Request& request) {
   int layer = request.layer ? *request.layer : generator.default_layer();
   generator.layer(layer);  // throws for an unknown layer

@@ -310,16 +310,10 @@ json StudioSession::run_edit(const Request& request, const std::string& id, cons
   std::string patch_path = (fs::path(options_.data_dir) / "patches" / (id + ".safetensors")).string();
   save_patch(patch_path, patch);
 
-  json summary = {{"id", id},
-                  {"layer", result.layer},
-                  {"rank", result.rank},
-                  {"solver", result.solver},
-                  {"steps", result.steps},
-                  {"seconds", result.seconds},
-                  {"statistics_seconds", moment.seconds},
-                  {"goal_loss_initial", result.goal_loss_initial},
-                  {"goal_loss_final", result.goal_loss_final},
-                  {"patch", patch_path}};
+  json summary = result.summary();
+  summary["id"] = id;
+  summary["statistics_seconds"] = moment.seconds;
+  summary["patch"] = patch_path;
   std::unique_lock<std::shared_mutex> lock(mutex_);
   stack_.apply(patch);
   applied_.push_back(summary);

@@ -12,6 +12,7 @@
 #include "rankone/rewriting/request.h"
 #include "rankone/rewriting/statistics.h"
 
+#include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 #include <vector>
@@ -76,6 +77,9 @@ struct EditResult {
   double goal_loss_initial = 0, goal_loss_final = 0;  // mean L1 with W and with the saved W'
   std::vector<double> losses;                // per iteration, before its step
   double seconds = 0;                        // solve time, statistics excluded
+
+  /// layer, rank, solver, steps, seconds, goal_loss_initial and goal_loss_final as JSON.
+  nlohmann::json summary() const;
 };
 
 /// Solves for W' = W + Lambda D minimising the L1 goal loss with the chosen solver. Does not
