@@ -1,5 +1,5 @@
-// Fuzzes mask data URLs. The first byte picks the mode: even values send the rest as the URL
-// text, odd values base64-encode the rest as the PNG bytes of a well-formed URL, so that the
+// Fuzzes mask data URLs. The first byte picks the mode. Even values send the rest as the URL
+// text. Odd values base64-encode the rest as the PNG bytes of a well-formed URL, so that the
 // fuzzer reaches the PNG decoder without having to discover base64. Decoded masks are resized
 // as a request's masks are.
 #include "rankone/error.h"

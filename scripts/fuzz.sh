@@ -65,8 +65,8 @@ for target in "${targets[@]}"; do
   corpus="$build/corpus/$target"
   mkdir -p "$corpus"
   echo "fuzz: $target for $seconds s"
-  # -rss_limit_mb and -malloc_limit_mb turn runaway allocations into findings; -timeout does the
-  # same for one input that takes longer than 10 s.
+  # -rss_limit_mb and -malloc_limit_mb turn runaway allocations into findings, and -timeout
+  # does the same for one input that takes longer than 10 s.
   if "$binary" "$corpus" "$root/fuzz/seeds/$target" -max_total_time="$seconds" -max_len=65536 \
       -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$build/artifacts/$target-" >"$build/artifacts/$target.log" 2>&1; then
