@@ -8,7 +8,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -62,7 +64,14 @@ void add_eval_command(CLI::App& app) {
                       "relative response from which the rule counts as applying: 1 is the mean response under the "
                       "request's own context masks")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            char* end = nullptr;
+            double value = std::strtod(text.c_str(), &end);
+            bool valid = end != text.c_str() && *end == '\0' && value > 0 && std::isfinite(value);
+            return valid ? "" : "'" + text + "' is not a positive number (1 is the mean context response)";
+          },
+          "POSITIVE"));
   command->add_option("--chunk", options->chunk, "samples per chunk; partial results are saved after each")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));

@@ -53,7 +53,7 @@ expect_error "broken data URL" "invalid base64 data" \
   "$rankone" edit --request "$hostile/request_broken_base64.json" --out "$work/p.safetensors"
 expect_error "missing request file" "cannot open the request file" \
   "$rankone" edit --request "$work/absent.json" --out "$work/p.safetensors"
-expect_error "zero threshold" "--threshold" \
+expect_error "zero threshold" "'0' is not a positive number" \
   "$rankone" eval --patch "$hostile/patch_inf.safetensors" --threshold 0 --out "$work/eval"
 
 echo "$((checks - failures)) passed, $failures failed"
