@@ -52,6 +52,7 @@ void add_info_command(CLI::App& app);
 void add_fetch_command(CLI::App& app);
 void add_request_command(CLI::App& app);
 void add_rewriting_commands(CLI::App& app);
+void add_eval_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 
 }  // namespace rankone::cli

@@ -284,6 +284,7 @@ void add_rewriting_commands(CLI::App& app) {
   add_edit_command(app);
   add_apply_command(app);
   add_compare_command(app);
+  add_eval_command(app);
   add_request_command(app);
 }
 
