@@ -1,6 +1,7 @@
 // Hostile and broken input files (tests/hostile/, written by make_hostile.py there): each must be
 // rejected with an invalid-input Error whose message names the problem. Inputs that need the
 // bundled model are checked through the CLI in tests/cli/hostile_inputs.sh.
+#include "rankone/models/model_store.h"
 #include "rankone/error.h"
 #include "rankone/formats/tensor_file.h"
 #include "rankone/models/generator.h"
@@ -20,7 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string hostile_dir() { return fs::path(RANKONE_SOURCE_DIR) / "tests" / "hostile"; }
+std::string hostile_dir() { return fs::path(source_dir()) / "tests" / "hostile"; }
 
 enum class Reader { kTensorFile, kModel, kPatch, kRequest };
 
