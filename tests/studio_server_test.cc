@@ -12,11 +12,21 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <set>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 namespace rankone {
 namespace {
@@ -397,6 +407,111 @@ TEST_F(StudioServerTest, BusyPortIsAnError) {
     EXPECT_NE(std::string(e.what()).find("cannot listen on 127.0.0.1:" + std::to_string(port_)), std::string::npos)
         << e.what();
   }
+}
+
+TEST_F(StudioServerTest, UndoDuringImageRequests) {
+  start_server();
+  auto original = client_->Get("/api/samples/1.png?edited=0");
+  ASSERT_TRUE(original);
+
+  // Four clients read the edited model while edits are applied, undone and reverted. Each
+  // image must come whole from the weights before or after a change.
+  // NOTE: without a thread sanitizer, a missing lock shows up here only when the race
+  // corrupts an image, fails a request or crashes the server.
+  std::atomic<bool> done{false};
+  std::vector<std::set<std::string>> seen(4);
+  std::vector<int> failed(4, 0);
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 4; ++r) {
+    readers.emplace_back([&, r] {
+      httplib::Client reader("127.0.0.1", port_);
+      reader.set_read_timeout(30, 0);
+      while (!done) {
+        auto res = reader.Get("/api/samples/1.png?edited=1");
+        if (res && res->status == 200) {
+          seen[r].insert(res->body);
+        } else {
+          ++failed[r];
+        }
+      }
+    });
+  }
+
+  std::set<std::string> expected = {original->body};
+  for (int round = 0; round < 6; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    auto started = post_json("/api/edit", copy_request("direct", 10));
+    ASSERT_TRUE(started);
+    ASSERT_EQ(started->status, 202) << started->body;
+    ASSERT_EQ(wait_for_idle()["state"], "done");
+    auto edited = client_->Get("/api/samples/1.png?edited=1");
+    ASSERT_TRUE(edited);
+    expected.insert(edited->body);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+
+    auto restored = client_->Post(round % 2 == 0 ? "/api/undo" : "/api/revert", "", "application/json");
+    ASSERT_TRUE(restored);
+    EXPECT_EQ(restored->status, 200) << restored->body;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  done = true;
+  for (std::thread& reader : readers) reader.join();
+
+  for (int r = 0; r < 4; ++r) {
+    SCOPED_TRACE("reader " + std::to_string(r));
+    EXPECT_EQ(failed[r], 0) << "image requests failed";
+    for (const std::string& body : seen[r]) {
+      EXPECT_EQ(expected.count(body), 1u) << "an image matched neither the original nor an applied edit";
+    }
+  }
+  EXPECT_EQ(client_->Get("/api/samples/1.png?edited=1")->body, original->body);
+}
+
+TEST_F(StudioServerTest, StopBeforeListenEndsListen) {
+  server_ = std::make_unique<StudioServer>(write_tiny_model(root_), options_);
+  server_->bind();
+
+  // A signal handler may stop the server before its thread reaches listen().
+  server_->stop();
+  auto listening = std::async(std::launch::async, [this] { server_->listen(); });
+  bool returned = listening.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  if (!returned) server_->stop();
+  EXPECT_TRUE(returned) << "listen() kept serving after an earlier stop()";
+}
+
+TEST_F(StudioServerTest, BacklogQueuesConnectionBursts) {
+  server_ = std::make_unique<StudioServer>(write_tiny_model(root_), options_);
+  port_ = server_->bind();
+
+  // Before listen() runs, no connection is accepted, so the kernel queues each handshake in the
+  // listen backlog or drops it. A page opens up to a few dozen connections at once.
+  constexpr int kConnections = 32;
+  sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port_));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::vector<pollfd> sockets;
+  for (int i = 0; i < kConnections; ++i) {
+    int socket_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ASSERT_GE(socket_fd, 0);
+    ::connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+    sockets.push_back({socket_fd, POLLOUT, 0});
+  }
+
+  // A handshake in the backlog completes at once. A dropped one is retried only after a second.
+  int connected = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  for (pollfd& socket : sockets) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (::poll(&socket, 1, std::max<int>(0, static_cast<int>(left.count()))) == 1 && (socket.revents & POLLOUT)) {
+      int error = 0;
+      socklen_t length = sizeof(error);
+      getsockopt(socket.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+      if (error == 0) ++connected;
+    }
+  }
+  for (pollfd& socket : sockets) ::close(socket.fd);
+  EXPECT_EQ(connected, kConnections) << "only " << connected << " connections completed their handshake";
 }
 
 TEST_F(StudioServerTest, StopEndsListen) {

@@ -123,17 +123,20 @@ void add_serve_command(CLI::App& app) {
     // Load the model, start the worker and register the routes.
     StudioServer server(options->model.model, studio);
 
-    // Bind and print the URL (on stdout too, for scripts that start the studio).
+    // Bind, then take over SIGINT and SIGTERM. Until here a signal takes its default action,
+    // which is right while there is nothing to shut down.
     server.bind();
+    install_shutdown_handlers();
+    std::thread watcher = watch_signals(server);
+
+    // Print the URL (on stdout too, for scripts that start the studio). A script may signal
+    // the studio as soon as it reads the URL, so the handlers are in place before it appears.
     spdlog::info("studio listening on {} (model {}, data in {})", server.url(), options->model.model,
                  studio.data_dir);
     std::printf("rankone studio: %s\n", server.url().c_str());
     std::fflush(stdout);
 
-    // Listen until a signal stops the server. Until here a signal takes its default action,
-    // which is right while there is nothing to shut down.
-    install_shutdown_handlers();
-    std::thread watcher = watch_signals(server);
+    // Listen until a signal stops the server.
     server.listen();
     const unsigned char end_watcher = 0;
     ssize_t written = write(shutdown_pipe[1], &end_watcher, 1);

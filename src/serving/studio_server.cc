@@ -12,14 +12,19 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
-#include <thread>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
+#include <thread>
 
 namespace rankone {
 
@@ -30,6 +35,8 @@ namespace {
 
 // Maximum number of samples one context-matches request renders.
 constexpr size_t kMaxContextSamples = 256;
+// Connections the kernel queues for the accept thread. Linux caps it at net.core.somaxconn.
+constexpr int kListenBacklog = 128;
 
 int status_of(ErrorKind kind) {
   switch (kind) {
@@ -127,21 +134,41 @@ class StudioServer::Impl {
       throw Error(ErrorKind::kInternal, "cannot listen on " + options_.host + ":" + std::to_string(options_.port) +
                                             ": the port is in use or not permitted; choose another --port");
     }
+
+    // cpp-httplib 0.11.4 listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into
+    // Debian's shared library). When a page or a script opens more connections at once while
+    // the accept thread waits for a core, the kernel drops the surplus handshakes and the
+    // clients retry only after a second. Linux lets a second listen() call raise the backlog of
+    // a listening socket. Where that fails, the socket keeps httplib's backlog.
+    if (listen_socket_ >= 0 && ::listen(listen_socket_, kListenBacklog) != 0) {
+      spdlog::warn("failed to raise the listen backlog to {} connections, so bursts of connections may wait "
+                   "a second: {}",
+                   kListenBacklog, std::strerror(errno));
+    }
     return port_;
   }
 
   void listen() {
-    listening_ = true;
-    if (!stopping_) http_.listen_after_bind();
-    listening_ = false;
+    {
+      std::lock_guard<std::mutex> lock(listen_mutex_);
+      if (stop_requested_) return;
+      listen_started_ = true;
+    }
+    http_.listen_after_bind();
+    listen_returned_ = true;
   }
 
-  // httplib's stop() does nothing until listen() has started running, so a stop that comes
-  // first either makes listen() return at once or waits (up to 2 s) for it to start.
   void stop() {
-    stopping_ = true;
-    for (int i = 0; i < 200 && listening_ && !http_.is_running(); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    // In cpp-httplib 0.11.4, stop() does nothing until listen_after_bind() has started its
+    // accept loop. So a stop that comes earlier keeps listen() from starting or waits for the loop.
+    bool wait_for_loop = false;
+    {
+      std::lock_guard<std::mutex> lock(listen_mutex_);
+      stop_requested_ = true;
+      wait_for_loop = listen_started_;
+    }
+    while (wait_for_loop && !http_.is_running() && !listen_returned_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     http_.stop();
     worker_.stop();
@@ -192,9 +219,10 @@ class StudioServer::Impl {
     // httplib's default socket options add SO_REUSEPORT, which would let a second studio bind
     // the same port and share its connections. SO_REUSEADDR alone still allows a restart while
     // old connections are in TIME_WAIT.
-    http_.set_socket_options([](socket_t socket) {
+    http_.set_socket_options([this](socket_t socket) {
       int enable = 1;
       setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &enable, sizeof(enable));
+      listen_socket_ = socket;  // the last socket given here is the one that was bound
     });
     http_.set_payload_max_length(options_.max_body_bytes);
     http_.set_default_headers({{"X-Content-Type-Options", "nosniff"},
@@ -393,10 +421,17 @@ class StudioServer::Impl {
   serving::RequestStore requests_;
   std::string error_prefix_;
   std::atomic<long> error_count_{0};
-  std::atomic<bool> listening_{false}, stopping_{false};
   serving::EditWorker worker_;
   httplib::Server http_;
   int port_ = -1;
+  socket_t listen_socket_ = -1;
+
+  // Whether stop() was called and whether listen() has started and returned, so that a stop
+  // before the accept loop runs still ends listen().
+  std::mutex listen_mutex_;
+  bool stop_requested_ = false;
+  bool listen_started_ = false;
+  std::atomic<bool> listen_returned_{false};
 };
 
 StudioServer::StudioServer(const std::string& model, StudioOptions options)

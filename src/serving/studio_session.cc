@@ -328,6 +328,8 @@ json StudioSession::undo() {
   // Holding editing_mutex_ keeps an edit from starting until the weights are restored.
   std::lock_guard<std::mutex> editing_lock(editing_mutex_);
   if (editing_) throw Error(ErrorKind::kConflict, "an edit is running: wait for it or cancel it before undoing");
+  // Exclusive, because image requests read the weights and the stack under the shared lock.
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   bool undone = stack_.revert_last();
   if (undone) {
     applied_.pop_back();
@@ -341,6 +343,7 @@ json StudioSession::undo() {
 json StudioSession::revert() {
   std::lock_guard<std::mutex> editing_lock(editing_mutex_);
   if (editing_) throw Error(ErrorKind::kConflict, "an edit is running: wait for it or cancel it before reverting");
+  std::unique_lock<std::shared_mutex> lock(mutex_);
   bool changed = stack_.size() > 0;
   stack_.revert_all();
   applied_.clear();
