@@ -73,18 +73,18 @@ void solve_adam_lambda(const Generator& g, int layer, const Goal& goal, const at
 // [B, C, H, W] -> [C, B*H*W].
 at::Tensor per_channel(const at::Tensor& map) { return map.transpose(0, 1).reshape({map.size(1), -1}); }
 
-// Per-output-channel L1 loss sums [C_out] of a weight, and their total as the mean loss.
+// Sums of the absolute goal residual per output channel [C_out] for a weight.
 at::Tensor channel_losses(const Generator& g, int layer, const Goal& goal, const at::Tensor& weight) {
   return (g.run_target(layer, goal.inputs, weight) - goal.values).abs().sum({0, 2, 3});
 }
 
 // The direct solver. Lambda has C_out x r x k x k entries, and a convolution's output channel o
-// depends only on Lambda[o] (demodulation too normalises each output channel by its own
-// weights), so the Jacobian of the layer output with respect to Lambda is block diagonal with
-// r*k*k columns per channel. Each iteration takes those columns with r*k*k Jacobian-vector
-// products (double backward), then solves one small weighted least-squares system per channel:
-// iteratively reweighted least squares with weights 1/|residual|, whose fixed point minimises
-// the L1 goal loss. Each channel keeps the best of a few step lengths (its loss is separable);
+// depends only on Lambda[o]. Demodulation keeps this, because it normalises each output channel
+// by its own weights. So the Jacobian of the layer output with respect to Lambda is block
+// diagonal with r*k*k columns per channel. The columns come from r*k*k Jacobian-vector
+// products (double backward). Each iteration then solves one small weighted least-squares
+// system per channel with weights 1/|residual| (iteratively reweighted least squares, whose
+// fixed point minimises the L1 goal loss). Each channel keeps the best of a few step lengths (its loss is separable);
 // when the layer couples channels (pixel norm), a global line search decides instead.
 void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Tensor& d, const SolverSettings& settings,
                   EditResult& result, const ProgressCallback& progress, Clock::time_point start) {
