@@ -3,36 +3,7 @@
 # command must fail with exit status 1 or 2 and print the expected `error:` line.
 # tests/cli/hostile_model_inputs.sh has the cases that need the bundled model.
 #   usage: hostile_inputs.sh path/to/rankone
-set -uo pipefail
-rankone="$1"
-source_dir="${RANKONE_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
-hostile="$source_dir/tests/hostile"
-work="$(mktemp -d "${TMPDIR:-/tmp}/rankone-hostile-cli.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-export OMP_NUM_THREADS=1
-
-failures=0
-checks=0
-# expect_error NAME EXPECTED-SUBSTRING COMMAND...
-expect_error() {
-  local name="$1" expected="$2"
-  shift 2
-  checks=$((checks + 1))
-  local output status
-  output="$(timeout 120 "$@" 2>&1)"
-  status=$?
-  if [ "$status" -ne 1 ] && [ "$status" -ne 2 ]; then
-    echo "FAIL $name: exit status $status, expected 1 or 2; output:"
-    echo "$output" | tail -n 5
-    failures=$((failures + 1))
-  elif ! grep -qF -- "error:" <<<"$output" || ! grep -qF -- "$expected" <<<"$output"; then
-    echo "FAIL $name: the output lacks 'error:' and '$expected'; output:"
-    echo "$output" | tail -n 5
-    failures=$((failures + 1))
-  else
-    echo "ok   $name: $(grep -F "error:" <<<"$output" | head -n 1 | cut -c 1-150)"
-  fi
-}
+source "$(dirname "$0")/hostile.inc"
 
 # Inputs rejected before any model is loaded.
 expect_error "huge sample range" "more than 100000 samples" \
