@@ -16,7 +16,7 @@ struct Progress {
   double seconds = 0.0; // wall time since the task started
 };
 
-/// Called on the working thread; must be cheap. Returning false asks the task to stop:
+/// Called on the working thread; must be cheap. Returning false cancels the task:
 /// the task then throws an Error of kind kConflict ("cancelled").
 using ProgressCallback = std::function<bool(const Progress&)>;
 

@@ -214,7 +214,7 @@ class SequentialGenerator : public Generator {
       out << "  " << i << ": " << (b.upsample > 1 ? "upsample x" + std::to_string(b.upsample) + ", " : "")
           << (b.conv_type == ConvType::kConv ? "conv" : "conv_transpose") << " k" << b.kernel << " s" << b.stride
           << " p" << b.padding << (b.bias.defined() ? " +bias" : "")
-          << (b.norm == NormType::kBatchNorm ? ", batch_norm" : b.norm == NormType::kPixelNorm ? ", pixel_norm" : "")
+          << norm_suffix(b.norm)
           << ", " << activation_name(b) << ": " << b.in << "x" << b.key_size << "x" << b.key_size << " -> " << b.out
           << "x" << b.value_size << "x" << b.value_size << "\n";
     }
@@ -302,6 +302,12 @@ class SequentialGenerator : public Generator {
   std::string source() const override { return card_path_; }
 
  private:
+  static const char* norm_suffix(NormType norm) {
+    if (norm == NormType::kBatchNorm) return ", batch_norm";
+    if (norm == NormType::kPixelNorm) return ", pixel_norm";
+    return "";
+  }
+
   static std::string activation_name(const Block& b) {
     switch (b.activation) {
       case Activation::kReLU: return "relu";

@@ -152,7 +152,7 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
 
     // Trust region: each channel's Lambda stays within a ball. Demodulation makes a channel's
     // output invariant to the scale of its weight, so without the bound the loss keeps falling
-    // slowly as Lambda grows while the channel forgets its original keys; on linear layers an
+    // slowly as Lambda grows while the channel loses its response to its original keys; on linear layers an
     // unreachable goal would likewise drive Lambda to sizes that break every other sample.
     auto clamp_to_region = [&](const at::Tensor& candidate) {
       at::Tensor norms = candidate.reshape({out_channels, -1}).norm(2, 1).clamp_min(1e-30);

@@ -127,15 +127,15 @@ std::string StudioSession::render_sample(int64_t index, bool edited, int scale) 
   check_sample(index);
   check_scale(scale);
   torch::NoGradGuard no_grad;
-  SampleBatch batch = original_->latents({index}, options_.sampling);
-  at::Tensor image;
-  if (edited) {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    image = edited_->generate(batch, options_.sampling);
-  } else {
-    image = original_->generate(batch, options_.sampling);
-  }
+  at::Tensor image = generate_sample(index, edited);
   return encode_png(upscale(tensor_to_image(image[0]), scale));
+}
+
+at::Tensor StudioSession::generate_sample(int64_t index, bool edited) const {
+  SampleBatch batch = original_->latents({index}, options_.sampling);
+  if (!edited) return original_->generate(batch, options_.sampling);
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return edited_->generate(batch, options_.sampling);
 }
 
 ContextQuery StudioSession::parse_context_query(const json& body) const {
@@ -224,14 +224,7 @@ std::vector<std::string> StudioSession::context_heatmaps(const ContextQuery& que
   resized = resized.squeeze(1).clamp(0, 1);
   std::vector<std::string> pngs;
   for (size_t i = 0; i < samples.size(); ++i) {
-    SampleBatch batch = original_->latents({samples[i]}, options_.sampling);
-    at::Tensor image;
-    if (edited) {
-      std::shared_lock<std::shared_mutex> lock(mutex_);
-      image = edited_->generate(batch, options_.sampling);
-    } else {
-      image = original_->generate(batch, options_.sampling);
-    }
+    at::Tensor image = generate_sample(samples[i], edited);
     Image picture = upscale(tensor_to_image(image[0]), scale);
     overlay_heatmap(picture, resized[static_cast<int64_t>(i)]);
     pngs.push_back(encode_png(picture));

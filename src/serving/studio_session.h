@@ -80,6 +80,10 @@ class StudioSession {
   const Generator& original() const { return *original_; }
 
  private:
+  /// Generates one sample [1, 3, S, S] with the original or the edited weights (the latter under
+  /// the shared lock). The caller holds a NoGradGuard.
+  at::Tensor generate_sample(int64_t index, bool edited) const;
+
   nlohmann::json stack_info_locked() const;
   /// D [rank, C_in] of the query and the mean response of the painted keys, which maps to heat 1.
   std::pair<torch::Tensor, double> context_direction(const ContextQuery& query);

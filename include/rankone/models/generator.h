@@ -22,7 +22,7 @@
 
 namespace rankone {
 
-/// What "sample i" means: the latent stream, the noise and the truncation.
+/// Sampling settings that define "sample i": the latent stream, the noise and the truncation.
 /// Saved with every request, patch and statistics cache.
 struct SamplingSettings {
   /// "rankone": latent i is the start of numpy-compatible RandomState(i)'s stream
@@ -128,7 +128,7 @@ class Generator {
   /// sha256 (hex) over every parameter as loaded, independent of later set_weight calls;
   /// keys statistics caches.
   virtual std::string fingerprint() const = 0;
-  /// Where the model came from (card or checkpoint path), for messages and metadata.
+  /// Path of the model card or checkpoint the model was loaded from, for messages and metadata.
   virtual std::string source() const = 0;
 };
 

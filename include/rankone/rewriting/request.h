@@ -29,7 +29,7 @@ struct MaskedImage {
   torch::Tensor mask;        // decoded 8-bit canvas mask [H, W]
 };
 
-/// How the solver fits the new rule.
+/// Solver choice and its settings.
 struct SolverSettings {
   /// "direct" (fast solve over Lambda), "adam" (the reference optimiser on the full weight,
   /// projected every `piter` steps) or "adam-lambda" (Adam on Lambda directly).

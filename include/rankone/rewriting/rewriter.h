@@ -19,7 +19,7 @@
 
 namespace rankone {
 
-/// What the edited layer must produce: goal values for the goal keys.
+/// Goal of an edit: the values the edited layer must produce for the goal keys.
 struct Goal {
   LayerState inputs;       // cropped layer state of the paste image (key crop and extras)
   torch::Tensor values;    // [1, C_out, h, w] goal values at the cropped value box
