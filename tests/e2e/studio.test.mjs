@@ -163,6 +163,9 @@ async function run() {
     // Copy the glasses of sample 8 and paste them over the eyes of sample 4.
     await paint(page, 8, [[30, 96], [162, 96], [162, 114], [30, 114]]);
     await page.click('#copy');
+    // Copy cuts the object out of the loaded image asynchronously, so wait for the panel text.
+    await page.waitForFunction(() => /Object from image/.test(document.getElementById('object-info').textContent),
+      null, { timeout: 10_000 }).catch(() => {});
     check(/Object from image 8/.test(await page.textContent('#object-info')), 'the object comes from image 8');
     await clickTile(page, 4, [96, 104]);
     check(/pasted on image 4/.test(await page.textContent('#object-info')), 'the object is pasted on image 4');
