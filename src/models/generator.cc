@@ -53,6 +53,10 @@ const LayerInfo& Generator::layer(int index) const {
   throw invalid_input("unknown layer " + std::to_string(index) + ": this model's rewritable layers are " + valid);
 }
 
+std::optional<LayerExpansion> Generator::expand_target(int, const LayerState&, const torch::Tensor&) const {
+  return std::nullopt;
+}
+
 std::string sha256_hex(const void* data, size_t size) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256(static_cast<const unsigned char*>(data), size, digest);

@@ -260,6 +260,56 @@ class SequentialGenerator : public Generator {
     return run_block(block, state.key, to_native(block, weight));
   }
 
+  std::optional<LayerExpansion> expand_target(int layer_index, const LayerState& state,
+                                              const at::Tensor& d) const override {
+    const Block& block = blocks_.at(layer(layer_index).index);
+    if (block.norm == NormType::kPixelNorm) return std::nullopt;  // it mixes the output channels
+    at::NoGradGuard no_grad;
+
+    // The convolution with W0, and with one-hot kernels on the projected key.
+    at::Tensor projected = at::einsum("ri,bihw->brhw", {d.to(at::kFloat), state.key});
+    at::Tensor kernels = one_hot_kernels(d.size(0), block.kernel);
+    at::Tensor base, columns;
+    if (block.conv_type == ConvType::kConv) {
+      base = at::conv2d(state.key, block.weight, {}, block.stride, block.padding);
+      columns = at::conv2d(projected, kernels, {}, block.stride, block.padding);
+    } else {
+      base = at::conv_transpose2d(state.key, block.weight, {}, block.stride, block.padding);
+      columns = at::conv_transpose2d(projected, kernels.transpose(0, 1), {}, block.stride, block.padding);
+    }
+    LayerExpansion expansion;
+    expansion.base = flatten_channels(base);
+    expansion.columns = flatten_channels(columns);
+
+    // Bias and inference-mode batch norm are one affine map per output channel.
+    at::Tensor bias = block.bias.defined() ? block.bias : at::zeros({block.out});
+    if (block.norm == NormType::kBatchNorm) {
+      expansion.gain = block.bn_weight * at::rsqrt(block.bn_var + block.eps);
+      bias = (bias - block.bn_mean) * expansion.gain + block.bn_bias;
+    } else {
+      expansion.gain = at::ones({block.out});
+    }
+    expansion.shift = bias.unsqueeze(1).expand({block.out, expansion.pixels()});
+
+    switch (block.activation) {
+      case Activation::kReLU:
+        expansion.activation = LayerExpansion::Activation::kLeakyReLU;
+        expansion.slope = 0;
+        break;
+      case Activation::kLeakyReLU:
+        expansion.activation = LayerExpansion::Activation::kLeakyReLU;
+        expansion.slope = block.slope;
+        break;
+      case Activation::kTanh:
+        expansion.activation = LayerExpansion::Activation::kTanh;
+        break;
+      case Activation::kNone:
+        expansion.activation = LayerExpansion::Activation::kIdentity;
+        break;
+    }
+    return expansion;
+  }
+
   at::Tensor run_render(int layer_index, const LayerState& state, const at::Tensor& value) const override {
     layer(layer_index);
     at::Tensor x = value;

@@ -243,6 +243,52 @@ torch::Tensor StyleGAN2::run_target(int layer, const LayerState& state, const to
       .out;
 }
 
+std::optional<LayerExpansion> StyleGAN2::expand_target(int layer, const LayerState& state,
+                                                       const torch::Tensor& d) const {
+  const StyledConv& conv = conv_at(layer);
+  // Each sample has its own style, so its own demodulation: the form covers one sample.
+  if (!state.key.defined() || state.key.size(0) != 1) return std::nullopt;
+  at::NoGradGuard no_grad;
+  const torch::Tensor& style = extra(state, "style", layer);
+  const torch::Tensor& noise = extra(state, "noise", layer);
+  const int64_t rank = d.size(0);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(conv.in_channels * 9));  // equalised lr
+  torch::Tensor directions = d.to(at::kFloat);
+
+  // The convolution (and blur) before demodulation, with W0 and with one-hot kernels.
+  torch::Tensor base = stylegan2::convolve(state.key, conv.conv_weight, conv.upsample);
+  torch::Tensor projected = at::einsum("ri,bihw->brhw", {directions, state.key});
+  torch::Tensor kernels = one_hot_kernels(rank, 3) * scale;
+  if (conv.upsample) kernels = kernels.transpose(0, 1).contiguous();
+  torch::Tensor columns = stylegan2::convolve(projected, kernels, conv.upsample);
+  if (conv.upsample) {
+    base = stylegan2::blur_fir(base);
+    columns = stylegan2::blur_fir(columns);
+  }
+  LayerExpansion expansion;
+  expansion.base = flatten_channels(base);
+  expansion.columns = flatten_channels(columns);
+  expansion.gain = at::ones({conv.out_channels});
+  expansion.shift = conv.activation_bias.unsqueeze(1).expand({conv.out_channels, expansion.pixels()});
+  if (noise.defined()) expansion.shift = expansion.shift + flatten_channels(noise) * conv.noise_strength;
+
+  // The modulated weight's squared norm per output channel, sum_i,k (scale * W[o, i, k] * s_i)^2,
+  // expanded around W0 in Lambda[o].
+  torch::Tensor style_squared = style[0].square();  // [C_in]
+  expansion.demodulated = true;
+  expansion.epsilon = stylegan2::kDemodEpsilon;
+  expansion.norm = at::mm(style_squared.unsqueeze(0), conv.demod_weight)[0];
+  expansion.cross = (scale * scale) * at::einsum("oiyx,ri->oryx", {conv.weight * style_squared.view({1, -1, 1, 1}),
+                                                                   directions})
+                                          .reshape({conv.out_channels, -1});
+  torch::Tensor gram = (scale * scale) * at::mm(directions * style_squared.unsqueeze(0), directions.t());  // [r, r]
+  expansion.quad = at::kron(gram, at::eye(9, at::kFloat));
+  expansion.activation = LayerExpansion::Activation::kLeakyReLU;
+  expansion.slope = 0.2;
+  expansion.out_gain = std::sqrt(2.0);
+  return expansion;
+}
+
 torch::Tensor StyleGAN2::run_render(int layer, const LayerState& state, const torch::Tensor& value) const {
   const StyledConv& conv = conv_at(layer);
   if (value.dim() != 4 || value.size(1) != conv.out_channels || value.size(2) != conv.value_size ||

@@ -14,7 +14,6 @@ namespace rankone::stylegan2 {
 namespace {
 
 constexpr double kLeakySlope = 0.2;
-constexpr double kDemodEpsilon = 1e-8;
 
 // outer([1,3,3,1]) / 64 * 4: the blur kernel with gain 4 (one zero-inserted pixel in four
 // carries signal), as a depthwise weight [channels, 1, 4, 4].

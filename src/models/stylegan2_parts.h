@@ -46,6 +46,9 @@ struct StyleGAN2::ToRGB {
 
 namespace stylegan2 {
 
+/// Added to the modulated weight's squared norm before the inverse square root.
+constexpr double kDemodEpsilon = 1e-8;
+
 /// The weight in the layout the convolution takes, with the equalised-lr scale 1/sqrt(C_in * 9)
 /// folded in: [out, in, 3, 3], or [in, out, 3, 3] for the transposed convolution of
 /// upsampling layers. Differentiable in `weight` [out, in, 3, 3].

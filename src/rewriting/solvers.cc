@@ -10,6 +10,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <memory>
+#include <optional>
 
 namespace rankone {
 
@@ -70,46 +72,119 @@ void solve_adam_lambda(const Generator& g, int layer, const Goal& goal, const at
   result.lambda = lambda.detach();
 }
 
-// [B, C, H, W] -> [C, B*H*W].
-at::Tensor per_channel(const at::Tensor& map) { return map.transpose(0, 1).reshape({map.size(1), -1}); }
+// The layer output as a function of Lambda [O, m], flattened per channel: values [O, P] and
+// the Jacobian's diagonal blocks [O, P, m].
+class LambdaFunction {
+ public:
+  virtual ~LambdaFunction() = default;
+  virtual at::Tensor output(const at::Tensor& lambda) const = 0;
+  virtual at::Tensor jacobian(const at::Tensor& lambda) const = 0;
+  /// Whether a Jacobian costs about as little as an output, so it can be refreshed every iteration.
+  virtual bool cheap_jacobian() const = 0;
+  /// Whether output channel o is known to depend on Lambda[o] alone, so that the losses of
+  /// channels stepped by different lengths add up.
+  virtual bool separable() const = 0;
+};
 
-// Sums of the absolute goal residual per output channel [C_out] for a weight.
-at::Tensor channel_losses(const Generator& g, int layer, const Goal& goal, const at::Tensor& weight) {
-  return (g.run_target(layer, goal.inputs, weight) - goal.values).abs().sum({0, 2, 3});
-}
+// Closed form: the generator's expansion of the layer (see layer_expansion.h).
+class ExpandedFunction : public LambdaFunction {
+ public:
+  explicit ExpandedFunction(LayerExpansion expansion) : expansion_(std::move(expansion)) {}
+  at::Tensor output(const at::Tensor& lambda) const override { return expansion_output(expansion_, lambda); }
+  at::Tensor jacobian(const at::Tensor& lambda) const override { return expansion_jacobian(expansion_, lambda); }
+  bool cheap_jacobian() const override { return true; }
+  bool separable() const override { return true; }
 
-// The direct solver. Lambda has C_out x r x k x k entries, and a convolution's output channel o
-// depends only on Lambda[o]. Demodulation keeps this, because it normalises each output channel
-// by its own weights. So the Jacobian of the layer output with respect to Lambda is block
-// diagonal with r*k*k columns per channel. The columns come from r*k*k Jacobian-vector
-// products (double backward). Each iteration then solves one small weighted least-squares
-// system per channel with weights 1/|residual| (iteratively reweighted least squares, whose
-// fixed point minimises the L1 goal loss). Each channel keeps the best of a few step lengths (its loss is separable);
-// when the layer couples channels (pixel norm), a global line search decides instead.
+ private:
+  LayerExpansion expansion_;
+};
+
+// Any layer: outputs from run_target, Jacobian columns from m Jacobian-vector products by
+// double backward through it. A convolution's output channel o depends only on Lambda[o], so m
+// products give every block. A norm across channels breaks that, and the blocks then drop the
+// coupling terms.
+class AutogradFunction : public LambdaFunction {
+ public:
+  AutogradFunction(const Generator& g, int layer, const LayerState& inputs, const at::Tensor& w0,
+                   const at::Tensor& d)
+      : g_(g), layer_(layer), inputs_(inputs), w0_(w0), d_(d) {}
+
+  at::Tensor output(const at::Tensor& lambda) const override {
+    return flatten_channels(g_.run_target(layer_, inputs_, w0_ + delta_of(shaped(lambda), d_)));
+  }
+
+  at::Tensor jacobian(const at::Tensor& lambda) const override {
+    torch::AutoGradMode grad_mode(true);
+    const int64_t out_channels = w0_.size(0), unknowns = lambda.size(1);
+    at::Tensor lambda_var = shaped(lambda).clone().requires_grad_(true);
+    at::Tensor output = g_.run_target(layer_, inputs_, w0_ + delta_of(lambda_var, d_));
+    at::Tensor cotangent = at::zeros_like(output).requires_grad_(true);
+    at::Tensor vjp = torch::autograd::grad({(output * cotangent).sum()}, {lambda_var}, {}, true, true)[0];
+    std::vector<at::Tensor> columns;
+    at::Tensor direction = at::zeros({unknowns});
+    for (int64_t j = 0; j < unknowns; ++j) {
+      direction.zero_();
+      direction[j] = 1.0f;
+      at::Tensor v = direction.view({1, unknowns}).expand({out_channels, unknowns}).reshape(lambda_var.sizes());
+      at::Tensor jvp = torch::autograd::grad({(vjp * v).sum()}, {cotangent}, {}, true, false, true)[0];
+      columns.push_back(jvp.defined() ? flatten_channels(jvp.detach()) : at::zeros({out_channels, output.numel() / out_channels}));
+    }
+    return at::stack(columns, 2);
+  }
+
+  bool cheap_jacobian() const override { return false; }
+  bool separable() const override { return false; }
+
+ private:
+  at::Tensor shaped(const at::Tensor& lambda) const {
+    return lambda.view({w0_.size(0), d_.size(0), w0_.size(2), w0_.size(3)});
+  }
+
+  const Generator& g_;
+  int layer_;
+  const LayerState& inputs_;
+  at::Tensor w0_, d_;
+};
+
+// The direct solver: iteratively reweighted Gauss-Newton over Lambda [O, m]. Each iteration
+// solves one small weighted least-squares system per output channel, with weights 1 / |residual|,
+// whose fixed point minimises the L1 goal loss (iteratively reweighted least squares). Where the
+// generator expands the layer in closed form, outputs and Jacobians cost a few small matrix
+// products. Otherwise they come from the layer itself, and the Jacobian is reused for a few
+// iterations because each one costs m backward passes.
 void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Tensor& d, const SolverSettings& settings,
                   EditResult& result, const ProgressCallback& progress, Clock::time_point start) {
+  torch::NoGradGuard outer_no_grad;
   at::Tensor w0 = result.weight_before;
   const int64_t out_channels = w0.size(0), rank = d.size(0), kh = w0.size(2), kw = w0.size(3);
   const int64_t unknowns = rank * kh * kw;
+  const int64_t goal_numel = goal.values.numel();
+  const at::Tensor target = flatten_channels(goal.values);  // [O, P]
+
+  std::unique_ptr<LambdaFunction> function;
+  if (std::optional<LayerExpansion> expansion = g.expand_target(layer, goal.inputs, d)) {
+    function = std::make_unique<ExpandedFunction>(std::move(*expansion));
+  } else {
+    function = std::make_unique<AutogradFunction>(g, layer, goal.inputs, w0, d);
+  }
+  auto channel_losses = [&](const at::Tensor& lambda) { return (function->output(lambda) - target).abs().sum(1); };
+
   // Iterations stop after two in a row with a fresh Jacobian that improve the loss by less
   // than kMinImprovement (relative), or after kMaxIterations.
   constexpr int kMaxIterations = 40;
   constexpr double kMinImprovement = 1e-4;
-  const int max_iterations = std::min(settings.steps, kMaxIterations);
-  at::Tensor lambda = at::zeros({out_channels, rank, kh, kw});
-  const int64_t goal_numel = goal.values.numel();
-
+  // The Jacobian of a layer without an expansion is recomputed every kJacobianRefresh
+  // iterations or after a stalled step.
+  constexpr int kJacobianRefresh = 6;
   // Radius of the trust region per output channel, as a multiple of the channel's weight norm.
   // 2 allows updates as large as the reference optimiser's on the tiny StyleGAN2 fixture.
   constexpr double kTrustRadius = 2.0;
+  const int max_iterations = std::min(settings.steps, kMaxIterations);
+
+  at::Tensor lambda = at::zeros({out_channels, unknowns});
   at::Tensor radius = kTrustRadius * w0.reshape({out_channels, -1}).norm(2, 1);
-  torch::NoGradGuard outer_no_grad;
-  at::Tensor losses = channel_losses(g, layer, goal, w0);
+  at::Tensor losses = channel_losses(lambda);
   double total = losses.sum().item<double>();
-  // The Jacobian changes little between iterations (not at all before the activation of a
-  // linear layer), so it is recomputed only every kJacobianRefresh iterations or after a
-  // stalled step: each refresh costs r*k*k backward passes, an iteration without one a forward.
-  constexpr int kJacobianRefresh = 6;
   at::Tensor jacobian;
   bool refresh_jacobian = true;
   int stalled = 0;
@@ -117,29 +192,9 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     result.losses.push_back(total / goal_numel);
     report(progress, it + 1, max_iterations, total / goal_numel, start);
 
-    // Residual, and Jacobian blocks J[o, p, j] at the current Lambda when they are due.
-    bool fresh_jacobian = refresh_jacobian || it % kJacobianRefresh == 0;
-    at::Tensor residual;
-    if (!fresh_jacobian) {
-      residual = per_channel(goal.values - g.run_target(layer, goal.inputs, w0 + delta_of(lambda, d)));
-    } else {
-      torch::AutoGradMode grad_mode(true);
-      at::Tensor lambda_var = lambda.clone().requires_grad_(true);
-      at::Tensor output = g.run_target(layer, goal.inputs, w0 + delta_of(lambda_var, d));  // [1, O, h, w]
-      residual = per_channel(goal.values - output).detach();                                  // [O, P]
-      at::Tensor cotangent = at::zeros_like(output).requires_grad_(true);
-      at::Tensor vjp = torch::autograd::grad({(output * cotangent).sum()}, {lambda_var}, {}, true, true)[0];
-      std::vector<at::Tensor> columns;
-      at::Tensor direction = at::zeros({unknowns});
-      for (int64_t j = 0; j < unknowns; ++j) {
-        direction.zero_();
-        direction[j] = 1.0f;
-        at::Tensor v = direction.view({1, rank, kh, kw}).expand({out_channels, rank, kh, kw});
-        at::Tensor jvp = torch::autograd::grad({(vjp * v).sum()}, {cotangent}, {}, true, false, true)[0];
-        columns.push_back(jvp.defined() ? per_channel(jvp.detach()) : at::zeros_like(residual));
-      }
-      jacobian = at::stack(columns, 2);  // [O, P, m]
-    }
+    bool fresh_jacobian = function->cheap_jacobian() || refresh_jacobian || it % kJacobianRefresh == 0;
+    if (fresh_jacobian) jacobian = function->jacobian(lambda);  // [O, P, m]
+    at::Tensor residual = target - function->output(lambda);    // [O, P]
 
     // Weighted normal equations per channel, lightly damped.
     at::Tensor weights = 1.0 / residual.abs().clamp_min(1e-6 + 1e-4 * residual.abs().mean().item<double>());
@@ -148,49 +203,52 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     at::Tensor rhs = at::bmm(jt_w, residual.unsqueeze(2)).to(at::kDouble);
     at::Tensor damping = normal.diagonal(0, 1, 2).mean(1).clamp_min(1e-12) * 1e-6;
     normal = normal + at::eye(unknowns, at::kDouble).unsqueeze(0) * damping.view({-1, 1, 1});
-    at::Tensor step = at::linalg_solve(normal, rhs).squeeze(2).to(at::kFloat).view({out_channels, rank, kh, kw});
+    at::Tensor step = at::linalg_solve(normal, rhs).squeeze(2).to(at::kFloat);  // [O, m]
 
     // Trust region: each channel's Lambda stays within a ball. Demodulation makes a channel's
     // output invariant to the scale of its weight, so without the bound the loss keeps falling
-    // slowly as Lambda grows while the channel loses its response to its original keys; on linear layers an
-    // unreachable goal would likewise drive Lambda to sizes that break every other sample.
+    // slowly as Lambda grows while the channel loses its response to its original keys. On
+    // linear layers an unreachable goal would likewise drive Lambda to sizes that break every
+    // other sample.
     auto clamp_to_region = [&](const at::Tensor& candidate) {
-      at::Tensor norms = candidate.reshape({out_channels, -1}).norm(2, 1).clamp_min(1e-30);
-      at::Tensor factor = (radius / norms).clamp_max(1.0).view({-1, 1, 1, 1});
-      return candidate * factor;
+      at::Tensor norms = candidate.norm(2, 1).clamp_min(1e-30);
+      return candidate * (radius / norms).clamp_max(1.0).unsqueeze(1);
     };
 
-    // Line search: per channel keep the best step length; shorter steps are tried only while
-    // some channel has not improved yet.
-    at::Tensor best_lambda = lambda.clone(), best_losses = losses.clone();
+    // Line search: each channel keeps the best of a few step lengths. Shorter steps are tried
+    // only while some channel has not improved yet.
+    at::Tensor best_lambda = lambda, best_losses = losses;
     for (double alpha : {1.0, 0.4, 0.1}) {
       at::Tensor candidate = clamp_to_region(lambda + alpha * step);
-      at::Tensor candidate_losses = channel_losses(g, layer, goal, w0 + delta_of(candidate, d));
+      at::Tensor candidate_losses = channel_losses(candidate);
       at::Tensor better = candidate_losses < best_losses;
-      best_lambda = at::where(better.view({-1, 1, 1, 1}), candidate, best_lambda);
+      best_lambda = at::where(better.unsqueeze(1), candidate, best_lambda);
       best_losses = at::where(better, candidate_losses, best_losses);
       if ((best_losses < losses).all().item<bool>()) break;
     }
-    at::Tensor best_channel_losses = channel_losses(g, layer, goal, w0 + delta_of(best_lambda, d));
-    double best_total = best_channel_losses.sum().item<double>();
-    if (best_total > total) {  // channels are coupled: fall back to one global step length
+    if (!function->separable()) best_losses = channel_losses(best_lambda);
+    double best_total = best_losses.sum().item<double>();
+    if (best_total > total) {
+      // The layer couples channels (a pixel norm), so mixing step lengths made it worse. One
+      // step length for all channels, checked on the whole layer output, decides instead.
       best_lambda = lambda;
-      best_channel_losses = losses;
+      best_losses = losses;
       best_total = total;
       for (double alpha : {1.0, 0.5, 0.25, 0.1, 0.03}) {
         at::Tensor candidate = clamp_to_region(lambda + alpha * step);
-        at::Tensor candidate_losses = channel_losses(g, layer, goal, w0 + delta_of(candidate, d));
+        at::Tensor candidate_losses = channel_losses(candidate);
         double candidate_total = candidate_losses.sum().item<double>();
         if (candidate_total < best_total) {
           best_total = candidate_total;
           best_lambda = candidate;
-          best_channel_losses = candidate_losses;
+          best_losses = candidate_losses;
         }
       }
     }
+
     double improvement = (total - best_total) / std::max(total, 1e-30);
     lambda = best_lambda;
-    losses = best_channel_losses;
+    losses = best_losses;
     total = best_total;
     refresh_jacobian = false;
     if (improvement >= kMinImprovement) {
@@ -203,7 +261,7 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     if (stalled >= 2) break;
   }
   result.losses.push_back(total / goal_numel);
-  result.lambda = lambda;
+  result.lambda = lambda.view({out_channels, rank, kh, kw});
 }
 
 }  // namespace

@@ -12,11 +12,14 @@
 //   torch::Tensor same = g->run_render(2, s, v);                   // equals `images`
 #pragma once
 
+#include "rankone/models/layer_expansion.h"
+
 #include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -116,6 +119,13 @@ class Generator {
   /// of the matching box scaled by the stride.
   virtual LayerState crop(int layer, const LayerState& state, const Box& key_box,
                           const SamplingSettings& settings) const = 0;
+
+  /// `layer`'s output on `state` as an explicit function of Lambda for the weight
+  /// weight(layer) + einsum(Lambda, d), with d [r, C_in] (see layer_expansion.h). Returns
+  /// nullopt where the layer has no such form, for example a norm that mixes output channels;
+  /// solvers then differentiate run_target instead.
+  virtual std::optional<LayerExpansion> expand_target(int layer, const LayerState& state,
+                                                      const torch::Tensor& d) const;
 
   /// The weight of `layer` in canonical layout [C_out, C_in, k, k] (a copy).
   virtual torch::Tensor weight(int layer) const = 0;

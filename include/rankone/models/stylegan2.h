@@ -106,6 +106,9 @@ class StyleGAN2 : public Generator {
   /// `weight` and the state's style, FIR blur on upsampling layers, noise, bias and
   /// LeakyReLU(0.2) * sqrt(2). Differentiable in `weight`.
   torch::Tensor run_target(int layer, const LayerState& state, const torch::Tensor& weight) const override;
+  /// Demodulated form of the layer for one sample (batch 1); nullopt for larger batches.
+  std::optional<LayerExpansion> expand_target(int layer, const LayerState& state,
+                                              const torch::Tensor& d) const override;
   torch::Tensor run_render(int layer, const LayerState& state, const torch::Tensor& value) const override;
   /// Crops key, "noise" and "rgb", the last two in value pixels (key_box times the stride).
   /// In "reference" noise mode the crop gets fresh noise for its own size, as the reference
