@@ -43,6 +43,12 @@ bool EditWorker::busy() const {
   return busy_;
 }
 
+std::string EditWorker::active_job(const std::string& kind) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!busy_ || status_.value("kind", std::string()) != kind) return "";
+  return status_.value("id", std::string());
+}
+
 void EditWorker::cancel() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (busy_) cancel_requested_ = true;

@@ -29,6 +29,8 @@ class EditWorker {
   /// cancelled), task, step, total, loss, seconds, error and result.
   nlohmann::json status() const;
   bool busy() const;
+  /// Id of the queued or running job of `kind`, or an empty string when there is none.
+  std::string active_job(const std::string& kind) const;
   /// Asks the running job to stop at its next progress report; it ends "cancelled".
   void cancel();
   /// Cancels the running job and joins the thread. Later start() calls throw.

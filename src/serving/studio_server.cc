@@ -366,13 +366,24 @@ class StudioServer::Impl {
       send_json(res, worker_.status());
     });
 
+    // The session itself rejects undo and revert while an edit runs, but a queued edit has not
+    // reached the session yet, so the worker is asked first.
     http_.Post("/api/undo", [this](const httplib::Request&, httplib::Response& res) {
+      reject_during_edit("undoing");
       send_json(res, session_.undo());
     });
 
     http_.Post("/api/revert", [this](const httplib::Request&, httplib::Response& res) {
+      reject_during_edit("reverting");
       send_json(res, session_.revert());
     });
+  }
+
+  void reject_during_edit(const std::string& action) const {
+    std::string id = worker_.active_job("edit");
+    if (!id.empty()) {
+      throw Error(ErrorKind::kConflict, "edit " + id + " is queued or running: wait for it or cancel it before " + action);
+    }
   }
 
   void register_request_routes() {
