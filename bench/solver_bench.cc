@@ -1,14 +1,14 @@
 // Solver and statistics speed: the reference Adam optimiser against the direct solver
 // on the same requests, plus statistics throughput, in one run on one machine.
 //
-//   build/bench/solver_bench [--threads N] [--skip-adam-256]
+//   build/bench/solver_bench [--threads N] [--skip-adam-256] [--statistics-samples N]
 //
 // Cases: (a) the bundled face model (dcgan-celeba32, fetched) at layers 2 and 3 with the
 // bundled sunglasses request; (b) the tiny StyleGAN2 fixture's layer-6 request in the
 // reference sampling mode; (c) a 256x256 config-f StyleGAN2 with random weights at layers 6
 // and 8 with a synthetic request. For each: seconds and final goal loss of both solvers.
-// Then second-moment throughput at layer 6 of the 256x256 model: one matrix product per
-// batch against one outer product per key pixel.
+// Then second-moment throughput at layer 6 of the 256x256 model (1000 samples by default):
+// one matrix product per batch against one outer product per key pixel.
 #include "rankone/formats/tensor_file.h"
 #include "rankone/models/generator.h"
 #include "rankone/models/model_store.h"
@@ -91,42 +91,55 @@ Request synthetic_request(int layer) {
   return request;
 }
 
-// Samples per second of the second moment at `layer`: batched product vs per-pixel outer products.
-void statistics_throughput(const Generator& g, int layer) {
+// Samples per second of the second moment at `layer` over `samples` samples in batches of 10:
+// rankone's pass (compute_second_moment) against the same network pass followed by one outer
+// product per key pixel, with the network and the accumulation also timed apart.
+void statistics_throughput(const Generator& g, int layer, int64_t samples) {
   torch::NoGradGuard no_grad;
   rankone::SamplingSettings sampling;
-  const int64_t samples = 40;
+  const int64_t batch = 10;
   const rankone::LayerInfo& info = g.layer(layer);
+  std::printf("\nstatistics at layer %d (%lld keys of %lld channels per sample), %lld samples, batch %lld...\n", layer,
+              static_cast<long long>(info.key_size * info.key_size), static_cast<long long>(info.key_channels),
+              static_cast<long long>(samples), static_cast<long long>(batch));
+  std::fflush(stdout);
 
   double start = now();
-  rankone::compute_second_moment(g, layer, sampling, {samples, 10});
-  double batched = samples / (now() - start);
+  rankone::compute_second_moment(g, layer, sampling, {samples, batch});
+  double batched_seconds = now() - start;
 
-  start = now();
-  at::Tensor sum = at::zeros({info.key_channels, info.key_channels}, at::kDouble);
-  for (int64_t first = 0; first < samples; first += 10) {
-    std::vector<int64_t> indices(10);
+  // The same keys, accumulated both ways, with each part timed.
+  double network_seconds = 0, outer_seconds = 0, product_seconds = 0;
+  at::Tensor outer_sum = at::zeros({info.key_channels, info.key_channels}, at::kDouble);
+  at::Tensor product_sum = at::zeros_like(outer_sum);
+  for (int64_t first = 0; first < samples; first += batch) {
+    std::vector<int64_t> indices(std::min(batch, samples - first));
     std::iota(indices.begin(), indices.end(), first);
-    at::Tensor keys = g.run_context(layer, g.latents(indices, sampling), sampling).key.to(at::kDouble);
-    at::Tensor rows = keys.permute({0, 2, 3, 1}).reshape({-1, info.key_channels});
-    for (int64_t p = 0; p < rows.size(0); ++p) sum.addr_(rows[p], rows[p]);
-  }
-  double outer = samples / (now() - start);
+    start = now();
+    at::Tensor key = g.run_context_key(layer, g.latents(indices, sampling), sampling);
+    network_seconds += now() - start;
 
-  start = now();
-  for (int64_t first = 0; first < samples; first += 10) {
-    std::vector<int64_t> indices(10);
-    std::iota(indices.begin(), indices.end(), first);
-    g.run_context(layer, g.latents(indices, sampling), sampling);
+    start = now();
+    at::Tensor rows = key.permute({0, 2, 3, 1}).reshape({-1, info.key_channels}).to(at::kDouble);
+    for (int64_t p = 0; p < rows.size(0); ++p) outer_sum.addr_(rows[p], rows[p]);
+    outer_seconds += now() - start;
+
+    start = now();
+    at::Tensor columns = key.transpose(0, 1).reshape({info.key_channels, -1}).to(at::kDouble);
+    product_sum.addmm_(columns, columns.t());
+    product_seconds += now() - start;
   }
-  double context_only = samples / (now() - start);
-  std::printf("\nstatistics at layer %d (%lld keys of %lld channels per sample), %lld samples, batch 10:\n", layer,
-              static_cast<long long>(info.key_size * info.key_size), static_cast<long long>(info.key_channels),
-              static_cast<long long>(samples));
-  std::printf("  %-34s %10.1f samples/s\n", "matrix product per batch", batched);
-  std::printf("  %-34s %10.1f samples/s\n", "outer product per key pixel", outer);
-  std::printf("  %-34s %10.1f samples/s\n", "network up to the layer alone", context_only);
-  std::printf("  ratio batched / per pixel: %.1fx\n", batched / outer);
+  double mismatch = ((outer_sum - product_sum).abs().max() / product_sum.abs().max()).item<double>();
+
+  auto rate = [&](double seconds) { return samples / seconds; };
+  std::printf("  %-48s %10.1f samples/s\n", "rankone (network, one product per batch)", rate(batched_seconds));
+  std::printf("  %-48s %10.1f samples/s\n", "network, then one outer product per key pixel",
+              rate(network_seconds + outer_seconds));
+  std::printf("  %-48s %10.1f samples/s\n", "network up to the layer alone", rate(network_seconds));
+  std::printf("  %-48s %10.1f samples/s\n", "accumulation alone: one product per batch", rate(product_seconds));
+  std::printf("  %-48s %10.1f samples/s\n", "accumulation alone: one outer product per pixel", rate(outer_seconds));
+  std::printf("  ratio rankone / per pixel, whole pass: %.2fx; accumulation alone: %.1fx (sums agree to %.1e)\n",
+              (network_seconds + outer_seconds) / batched_seconds, outer_seconds / product_seconds, mismatch);
 }
 
 }  // namespace
@@ -134,14 +147,17 @@ void statistics_throughput(const Generator& g, int layer) {
 int main(int argc, char** argv) {
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   bool skip_adam_256 = false;
+  int64_t statistics_samples = 1000;
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag == "--threads" && i + 1 < argc) {
       threads = std::max(1, std::atoi(argv[++i]));
     } else if (flag == "--skip-adam-256") {
       skip_adam_256 = true;
+    } else if (flag == "--statistics-samples" && i + 1 < argc) {
+      statistics_samples = std::max(10, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: solver_bench [--threads N] [--skip-adam-256]\n");
+      std::fprintf(stderr, "usage: solver_bench [--threads N] [--skip-adam-256] [--statistics-samples N]\n");
       return 2;
     }
   }
@@ -192,7 +208,7 @@ int main(int argc, char** argv) {
                   row.adam_seconds, row.adam_loss, row.direct_seconds, row.direct_loss, row.end_to_end,
                   row.adam_seconds > 0 ? row.adam_seconds / row.direct_seconds : 0.0);
     }
-    statistics_throughput(g, 6);
+    statistics_throughput(g, 6, statistics_samples);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

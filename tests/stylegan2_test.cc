@@ -536,3 +536,49 @@ TEST(StyleGAN2, ScratchPoolReusesBlocks) {
 
 }  // namespace
 }  // namespace rankone
+
+namespace rankone {
+namespace {
+
+// The key-only context pass skips later noise and the toRGB branch, but must give the same key.
+TEST(StyleGAN2, ContextKeyMatchesContext) {
+  StyleGAN2Config config;
+  config.resolution = 32;
+  config.style_size = 16;
+  config.mapping_layers = 2;
+  config.channels = {{4, 16}, {8, 16}, {16, 12}, {32, 8}};
+  std::unique_ptr<Generator> g = load_stylegan2(make_random_stylegan2(config, 9));
+  for (const std::string& noise : {"sample", "reference", "stored", "zero"}) {
+    SamplingSettings settings;
+    settings.noise = noise;
+    settings.truncation = 0.7;
+    SampleBatch batch = g->latents({4, 0, 11}, settings);
+    for (const LayerInfo& info : g->layers()) {
+      SCOPED_TRACE("noise " + noise + ", layer " + std::to_string(info.index));
+      at::Tensor expected = g->run_context(info.index, batch, settings).key;
+      at::Tensor actual = g->run_context_key(info.index, batch, settings);
+      ASSERT_EQ(actual.sizes(), expected.sizes());
+      EXPECT_TRUE(at::equal(actual, expected));
+    }
+  }
+}
+
+TEST(StyleGAN2, NoiseUntilLayerIsPrefix) {
+  StyleGAN2Config config;
+  config.resolution = 16;
+  config.style_size = 8;
+  config.mapping_layers = 1;
+  config.channels = {{4, 8}, {8, 8}, {16, 8}};
+  StyleGAN2 g(make_random_stylegan2(config, 3));
+  SamplingSettings settings;
+  SampleBatch batch = g.latents({2, 5}, settings);
+  for (const std::string& mode : {"sample", "reference", "stored", "zero"}) {
+    StyleGAN2::NoiseMaps all = g.make_noise(batch, mode);
+    StyleGAN2::NoiseMaps some = g.make_noise_until(batch, mode, 4);
+    ASSERT_EQ(some.size(), 3u) << mode;
+    for (const auto& [layer, map] : some) EXPECT_TRUE(at::equal(map, all.at(layer))) << mode << " layer " << layer;
+  }
+}
+
+}  // namespace
+}  // namespace rankone

@@ -53,6 +53,10 @@ const LayerInfo& Generator::layer(int index) const {
   throw invalid_input("unknown layer " + std::to_string(index) + ": this model's rewritable layers are " + valid);
 }
 
+torch::Tensor Generator::run_context_key(int layer, const SampleBatch& batch, const SamplingSettings& settings) const {
+  return run_context(layer, batch, settings).key;
+}
+
 std::optional<LayerExpansion> Generator::expand_target(int, const LayerState&, const torch::Tensor&) const {
   return std::nullopt;
 }

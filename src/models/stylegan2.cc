@@ -110,7 +110,7 @@ torch::Tensor StyleGAN2::apply_to_rgb(int layer, const torch::Tensor& w, const t
 void StyleGAN2::run_step(int layer, const torch::Tensor& w, const torch::Tensor& layer_noise, Cursor& cursor,
                          bool prepare_next_key, Trace* trace) const {
   const StyledConv& conv = conv_at(layer);
-  if (conv.upsample) cursor.rgb = upsample_fir(cursor.rgb);
+  if (conv.upsample && cursor.with_rgb) cursor.rgb = upsample_fir(cursor.rgb);
 
   torch::Tensor style = style_of(conv, w);
   torch::Tensor key = cursor.key.defined() ? cursor.key : cursor.x * style.view({style.size(0), style.size(1), 1, 1});
@@ -144,7 +144,7 @@ void StyleGAN2::run_step(int layer, const torch::Tensor& w, const torch::Tensor&
     cursor.key = output.next_key;
   }
 
-  if (layer % 2 == 0) cursor.rgb = apply_to_rgb(layer, w, cursor.x, cursor.rgb, trace);
+  if (layer % 2 == 0 && cursor.with_rgb) cursor.rgb = apply_to_rgb(layer, w, cursor.x, cursor.rgb, trace);
 }
 
 torch::Tensor StyleGAN2::synthesize(const torch::Tensor& w, const NoiseMaps& noise, Trace* trace) const {
@@ -210,6 +210,24 @@ LayerState StyleGAN2::run_context(int layer, const SampleBatch& batch, const Sam
     if (conv->layer > layer) state.extras["noise.layer" + std::to_string(conv->layer)] = noise.at(conv->layer);
   }
   return state;
+}
+
+torch::Tensor StyleGAN2::run_context_key(int layer, const SampleBatch& batch, const SamplingSettings& settings) const {
+  at::NoGradGuard no_grad;
+  const StyledConv& target = conv_at(layer);
+  settings.validate();
+  torch::Tensor w = map_and_truncate(batch, settings);
+  NoiseMaps noise = make_noise_until(batch, settings.noise, layer - 1);
+
+  Cursor cursor;
+  cursor.with_rgb = false;
+  cursor.x = constant_input_.expand({w.size(0), -1, -1, -1});
+  for (int before = 2; before < layer; ++before) {
+    run_step(before, w, noise.at(before), cursor, /*prepare_next_key=*/true, nullptr);
+  }
+  if (cursor.key.defined()) return cursor.key;
+  torch::Tensor style = style_of(target, w);
+  return cursor.x * style.view({w.size(0), style.size(1), 1, 1});
 }
 
 torch::Tensor StyleGAN2::run_target(int layer, const LayerState& state, const torch::Tensor& weight) const {

@@ -43,12 +43,24 @@ torch::Tensor reference_noise(int64_t batch, int64_t height, int64_t width) {
 }  // namespace stylegan2
 
 StyleGAN2::NoiseMaps StyleGAN2::make_noise(const SampleBatch& batch, const std::string& mode) const {
+  return make_noise_until(batch, mode, 1 + static_cast<int>(convs_.size()));
+}
+
+StyleGAN2::NoiseMaps StyleGAN2::make_noise_until(const SampleBatch& batch, const std::string& mode,
+                                                 int last_layer) const {
   RECORD_FUNCTION("stylegan2::make_noise", std::vector<c10::IValue>());
   int64_t rows = batch.z.size(0);
+  // Layers 2 ... last_layer are convs_[0 ... layer_count - 1]. In every mode a layer's noise
+  // does not depend on the later layers (the reference stream restarts at every layer), so
+  // stopping early leaves the earlier maps as make_noise draws them.
+  const int64_t layer_count =
+      std::clamp<int64_t>(last_layer - 1, 0, static_cast<int64_t>(convs_.size()));
+  std::vector<const StyledConv*> convs;
+  for (int64_t slot = 0; slot < layer_count; ++slot) convs.push_back(convs_[slot].get());
   NoiseMaps noise;
 
   if (mode == "zero") {
-    for (const auto& conv : convs_) noise[conv->layer] = at::zeros({rows, 1, conv->value_size, conv->value_size});
+    for (const StyledConv* conv : convs) noise[conv->layer] = at::zeros({rows, 1, conv->value_size, conv->value_size});
     return noise;
   }
 
@@ -57,14 +69,14 @@ StyleGAN2::NoiseMaps StyleGAN2::make_noise(const SampleBatch& batch, const std::
       throw invalid_input(source_ + ": the checkpoint has no noise buffers (noises.noise_*), so noise mode "
                           "\"stored\" is unavailable: use \"sample\", \"reference\" or \"zero\"");
     }
-    for (const auto& conv : convs_) {
+    for (const StyledConv* conv : convs) {
       noise[conv->layer] = conv->stored_noise.expand({rows, 1, conv->value_size, conv->value_size});
     }
     return noise;
   }
 
   if (mode == "reference") {
-    for (const auto& conv : convs_) {
+    for (const StyledConv* conv : convs) {
       noise[conv->layer] = stylegan2::reference_noise(rows, conv->value_size, conv->value_size);
     }
     return noise;
@@ -75,14 +87,13 @@ StyleGAN2::NoiseMaps StyleGAN2::make_noise(const SampleBatch& batch, const std::
       throw invalid_input("the batch has " + std::to_string(rows) + " latents but " +
                           std::to_string(batch.indices.size()) + " sample indices: give one index per row");
     }
-    for (const auto& conv : convs_) {
+    for (const StyledConv* conv : convs) {
       noise[conv->layer] = at::zeros({rows, 1, conv->value_size, conv->value_size});
     }
 
     // One task per (row, layer), each drawing from its own seeded stream.
-    int64_t layer_count = static_cast<int64_t>(convs_.size());
     std::vector<float*> outputs;
-    for (const auto& conv : convs_) outputs.push_back(noise[conv->layer].data_ptr<float>());
+    for (const StyledConv* conv : convs) outputs.push_back(noise[conv->layer].data_ptr<float>());
     at::parallel_for(0, rows * layer_count, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         int64_t row = task / layer_count;
@@ -90,7 +101,7 @@ StyleGAN2::NoiseMaps StyleGAN2::make_noise(const SampleBatch& batch, const std::
         int64_t index = batch.indices.empty() ? -1 : batch.indices[row];
         if (index < 0) continue;  // latents from a file: no sample stream, zero noise
 
-        const StyledConv& conv = *convs_[layer_slot];
+        const StyledConv& conv = *convs[layer_slot];
         int64_t pixels = conv.value_size * conv.value_size;
         NumpyRandomState rng(stylegan2::sample_noise_seed(index, conv.layer));
         std::vector<float> values = rng.standard_normal_f32(pixels);

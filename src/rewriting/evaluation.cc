@@ -80,7 +80,7 @@ evaluation::ComparedSamples compare_samples(Generator& generator, WeightSwitch& 
   compared.before = generator.generate(batch, sampling);
   at::Tensor response;
   for (const EvaluatedPatch& patch : patches) {
-    at::Tensor keys = generator.run_context(patch.patch.layer, batch, sampling).key;
+    at::Tensor keys = generator.run_context_key(patch.patch.layer, batch, sampling);
     at::Tensor map = relative_response(keys, patch).unsqueeze(1);  // [B, 1, H, W]
     map = at::upsample_bilinear2d(map, {size, size}, /*align_corners=*/false).squeeze(1);
     response = response.defined() ? at::maximum(response, map) : map;

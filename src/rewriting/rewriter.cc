@@ -104,9 +104,9 @@ std::pair<torch::Tensor, torch::Tensor> context_keys(const Generator& generator,
   std::vector<at::Tensor> rows, weights;
   for (const MaskedImage& masked : request.context()) {
     at::Tensor mask = layer_mask(masked, info.key_size).reshape({-1});
-    LayerState state = generator.run_context(layer, generator.latents({masked.image}, request.sampling),
-                                             request.sampling);
-    at::Tensor obs = state.key[0].reshape({info.key_channels, -1}).t();  // [H*W, C], row-major positions
+    at::Tensor key = generator.run_context_key(layer, generator.latents({masked.image}, request.sampling),
+                                               request.sampling);
+    at::Tensor obs = key[0].reshape({info.key_channels, -1}).t();  // [H*W, C], row-major positions
     at::Tensor selected = mask > 0;
     rows.push_back(obs.index({selected}));
     weights.push_back(mask.index({selected}));

@@ -30,10 +30,10 @@ SecondMoment compute_second_moment(const Generator& generator, int layer, const 
     int64_t end = std::min(settings.samples, start + batch_size);
     std::vector<int64_t> indices(end - start);
     std::iota(indices.begin(), indices.end(), start);
-    LayerState state = generator.run_context(layer, generator.latents(indices, sampling), sampling);
+    at::Tensor key = generator.run_context_key(layer, generator.latents(indices, sampling), sampling);
 
     // [B, C, H, W] -> [C, B*H*W]; one product per batch instead of one outer product per pixel.
-    at::Tensor keys = state.key.transpose(0, 1).reshape({info.key_channels, -1}).to(at::kDouble);
+    at::Tensor keys = key.transpose(0, 1).reshape({info.key_channels, -1}).to(at::kDouble);
     sum.addmm_(keys, keys.t());
     count += keys.size(1);
 

@@ -195,12 +195,12 @@ torch::Tensor StudioSession::context_response(const ContextQuery& query, const t
   for (size_t start = 0; start < samples.size(); start += kChunk) {
     std::vector<int64_t> chunk(samples.begin() + start, samples.begin() + std::min(samples.size(), start + kChunk));
     SampleBatch batch = original_->latents(chunk, options_.sampling);
-    LayerState state;
+    at::Tensor key;
     {
       std::shared_lock<std::shared_mutex> lock(mutex_);
-      state = edited_->run_context(query.layer, batch, options_.sampling);
+      key = edited_->run_context_key(query.layer, batch, options_.sampling);
     }
-    at::Tensor response = at::einsum("bchw,rc->brhw", {state.key, d}).relu().norm(2, {1});  // [B, H, W]
+    at::Tensor response = at::einsum("bchw,rc->brhw", {key, d}).relu().norm(2, {1});  // [B, H, W]
     parts.push_back(response / normaliser);
   }
   return at::cat(parts, 0);

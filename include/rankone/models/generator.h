@@ -110,6 +110,9 @@ class Generator {
 
   /// Runs the network up to the input of `layer`.
   virtual LayerState run_context(int layer, const SampleBatch& batch, const SamplingSettings& settings) const = 0;
+  /// The key of run_context() alone, [B, C_in, H, W]. Architectures may skip work that only
+  /// later layers need, so statistics use this.
+  virtual torch::Tensor run_context_key(int layer, const SampleBatch& batch, const SamplingSettings& settings) const;
   /// Runs `layer` alone on `state` with `weight` in canonical layout [C_out, C_in, k, k];
   /// differentiable in `weight`. Returns the value map [B, C_out, H', W'].
   virtual torch::Tensor run_target(int layer, const LayerState& state, const torch::Tensor& weight) const = 0;

@@ -102,6 +102,8 @@ class StyleGAN2 : public Generator {
   /// layer N. From layer 3 on they also include "rgb" [B, 3, R, R], the running image
   /// upsampled to the value resolution.
   LayerState run_context(int layer, const SampleBatch& batch, const SamplingSettings& settings) const override;
+  /// The key alone: draws no noise for later layers and skips the toRGB branch.
+  torch::Tensor run_context_key(int layer, const SampleBatch& batch, const SamplingSettings& settings) const override;
   /// Modulated convolution with `weight` [C_out, C_in, 3, 3], demodulation computed from
   /// `weight` and the state's style, FIR blur on upsampling layers, noise, bias and
   /// LeakyReLU(0.2) * sqrt(2). Differentiable in `weight`.
@@ -135,6 +137,8 @@ class StyleGAN2 : public Generator {
   const torch::Tensor& latent_avg() const { return latent_avg_; }
   /// Noise of every layer for `batch` under `mode` ("sample", "stored", "reference", "zero").
   NoiseMaps make_noise(const SampleBatch& batch, const std::string& mode) const;
+  /// make_noise() for layers 2 ... `last_layer` only; their maps equal make_noise()'s.
+  NoiseMaps make_noise_until(const SampleBatch& batch, const std::string& mode, int last_layer) const;
   /// Synthesis from w [B, style] (already truncated) with the given noise for every layer.
   /// When `trace` is given, records "layerN.in_fmap", ".rgb_skip_in", ".style", ".key",
   /// ".dconv_out" (after demodulation and, on upsampling layers, the blur), ".noise_out",
@@ -151,9 +155,10 @@ class StyleGAN2 : public Generator {
   torch::Tensor style_of(const StyledConv& conv, const torch::Tensor& w) const;
   torch::Tensor map_and_truncate(const SampleBatch& batch, const SamplingSettings& settings) const;
   // The feature map between two layers, the next layer's key when already computed, and
-  // the running image.
+  // the running image (kept only while `with_rgb`).
   struct Cursor {
     torch::Tensor x, key, rgb;
+    bool with_rgb = true;
   };
   // One network step at layer N: upsample the running image before odd layers, run the
   // layer, then the toRGB that follows even layers (and layer 2). With `prepare_next_key`
