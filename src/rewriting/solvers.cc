@@ -101,8 +101,9 @@ class ExpandedFunction : public LambdaFunction {
 
 // Any layer: outputs from run_target, Jacobian columns from m Jacobian-vector products by
 // double backward through it. A convolution's output channel o depends only on Lambda[o], so m
-// products give every block. A norm across channels breaks that, and the blocks then drop the
-// coupling terms.
+// products, each moving one coefficient of every channel at once, give every block.
+// NOTE: a norm across channels (pixel norm) breaks that. Each block then also contains the
+// other channels' influence, and the iterations stall above the best loss.
 class AutogradFunction : public LambdaFunction {
  public:
   AutogradFunction(const Generator& g, int layer, const LayerState& inputs, const at::Tensor& w0,
