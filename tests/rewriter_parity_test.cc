@@ -153,5 +153,19 @@ TEST_F(RewriterParity, DirectSolverBeatsReference) {
   EXPECT_LT((delta - project_on_directions(delta, result.d)).abs().max().item<double>(), 1e-4);
 }
 
+// The rank-1 direction lies in the span of the rank-2 and rank-3 directions, so a higher rank
+// can always reach the rank-1 solution and must not end with a higher loss.
+TEST_F(RewriterParity, DirectSolverHigherRankNotWorse) {
+  SecondMoment moment = statistics();
+  request_.solver.solver = "direct";
+  double previous = 0;
+  for (int rank : {1, 2, 3}) {
+    request_.rank = rank;
+    EditResult result = rewrite(*generator_, request_, moment);
+    if (rank > 1) EXPECT_LE(result.goal_loss_final, previous * 1.001) << "rank " << rank;
+    previous = result.goal_loss_final;
+  }
+}
+
 }  // namespace
 }  // namespace rankone

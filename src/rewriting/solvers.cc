@@ -197,30 +197,42 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
     if (fresh_jacobian) jacobian = function->jacobian(lambda);  // [O, P, m]
     at::Tensor residual = target - function->output(lambda);    // [O, P]
 
-    // Weighted normal equations per channel, lightly damped.
+    // Weighted normal equations per channel. `solve_damped` adds factor * (mean of the diagonal)
+    // to the diagonal (Levenberg-Marquardt): larger factors give shorter steps that turn toward
+    // the gradient.
     at::Tensor weights = 1.0 / residual.abs().clamp_min(1e-6 + 1e-4 * residual.abs().mean().item<double>());
     at::Tensor jt_w = jacobian.transpose(1, 2) * weights.unsqueeze(1);  // [O, m, P]
     at::Tensor normal = at::bmm(jt_w, jacobian).to(at::kDouble);         // [O, m, m]
     at::Tensor rhs = at::bmm(jt_w, residual.unsqueeze(2)).to(at::kDouble);
-    at::Tensor damping = normal.diagonal(0, 1, 2).mean(1).clamp_min(1e-12) * 1e-6;
-    normal = normal + at::eye(unknowns, at::kDouble).unsqueeze(0) * damping.view({-1, 1, 1});
-    at::Tensor step = at::linalg_solve(normal, rhs).squeeze(2).to(at::kFloat);  // [O, m]
+    at::Tensor diagonal_mean = normal.diagonal(0, 1, 2).mean(1).clamp_min(1e-12).view({-1, 1, 1});
+    at::Tensor identity = at::eye(unknowns, at::kDouble).unsqueeze(0);
+    auto solve_damped = [&](double factor) {
+      at::Tensor damped = normal + identity * (diagonal_mean * factor);
+      return at::linalg_solve(damped, rhs).squeeze(2).to(at::kFloat);  // [O, m]
+    };
+    at::Tensor step = solve_damped(1e-6);
 
     // Trust region: each channel's Lambda stays within a ball. Demodulation makes a channel's
     // output invariant to the scale of its weight, so without the bound the loss keeps falling
     // slowly as Lambda grows while the channel loses its response to its original keys. On
     // linear layers an unreachable goal would likewise drive Lambda to sizes that break every
-    // other sample.
+    // other sample. Scaling a point back onto the ball is the projection onto it.
     auto clamp_to_region = [&](const at::Tensor& candidate) {
       at::Tensor norms = candidate.norm(2, 1).clamp_min(1e-30);
       return candidate * (radius / norms).clamp_max(1.0).unsqueeze(1);
     };
 
-    // Line search: each channel keeps the best of a few step lengths. Shorter steps are tried
-    // only while some channel has not improved yet.
+    // Line search: each channel keeps the best of a few candidates, and later candidates are
+    // tried only while some channel has not improved yet. First the Gauss-Newton step at three
+    // lengths, then ever more damped steps. A channel on the trust region's boundary needs the
+    // damped ones: its Gauss-Newton step points outward, and projecting it back often does not
+    // lower the loss, while a short step near the gradient moves along the boundary.
+    std::vector<std::pair<double, double>> candidates = {{1e-6, 1.0}, {1e-6, 0.4}, {1e-6, 0.1}};
+    for (double factor : {1e-2, 1e-1, 1.0, 10.0}) candidates.emplace_back(factor, 1.0);
     at::Tensor best_lambda = lambda, best_losses = losses;
-    for (double alpha : {1.0, 0.4, 0.1}) {
-      at::Tensor candidate = clamp_to_region(lambda + alpha * step);
+    for (const auto& [factor, alpha] : candidates) {
+      at::Tensor direction = factor == 1e-6 ? step : solve_damped(factor);
+      at::Tensor candidate = clamp_to_region(lambda + alpha * direction);
       at::Tensor candidate_losses = channel_losses(candidate);
       at::Tensor better = candidate_losses < best_losses;
       best_lambda = at::where(better.unsqueeze(1), candidate, best_lambda);
