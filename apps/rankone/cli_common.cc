@@ -1,5 +1,6 @@
 #include "cli_common.h"
 
+#include "rankone/error.h"
 #include "rankone/formats/image.h"
 
 #include <ATen/Parallel.h>
@@ -7,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 #include <unistd.h>
 
@@ -91,6 +93,12 @@ torch::Tensor generate_in_chunks(const Generator& generator, const SampleBatch& 
     parts.push_back(generator.generate(part, settings));
   }
   return torch::cat(parts, 0);
+}
+
+void require_safetensors_name(const std::string& path) {
+  if (std::filesystem::path(path).extension() != ".safetensors") {
+    throw invalid_input("--out " + path + ": rankone writes safetensors files, so the name must end in .safetensors");
+  }
 }
 
 int automatic_scale(int64_t size) { return size >= 128 ? 1 : static_cast<int>((128 + size - 1) / size); }

@@ -45,6 +45,9 @@ void write_image_grid(const std::string& path, const torch::Tensor& images, int 
 int automatic_scale(int64_t size);
 
 /// Applies patch files in order, each scaled by `strength`.
+/// Throws an invalid-input Error unless `path` ends in .safetensors, the format rankone writes.
+void require_safetensors_name(const std::string& path);
+
 void apply_patch_files(Generator& generator, const std::vector<std::string>& paths, double strength);
 
 void add_sample_command(CLI::App& app);

@@ -105,23 +105,41 @@ void add_edit_command(CLI::App& app) {
   command->add_option("-r,--request", options->request, "request JSON (reference UI format plus rankone fields)")
       ->required();
   command->add_option("-o,--out", options->out, "patch file to write (.safetensors)")->required();
-  command->add_option("-l,--layer", options->layer, "layer to rewrite (default: the request's, else the model's)");
-  command->add_option("--rank", options->rank, "rank of the update (default: the request's, else 1)");
+  CLI::Option* layer = command->add_option(
+      "-l,--layer", options->layer, "layer to rewrite; -1 or omitted: the request's, else the model's default");
+  CLI::Option* rank = command->add_option("--rank", options->rank, "rank of the update, 1 to 64 (default: the "
+                                                                   "request's, else 1)");
   command->add_option("--solver", options->solver, "direct, adam (reference optimiser) or adam-lambda (default: "
                                                    "the request's, else direct)")
       ->check(CLI::IsMember({"direct", "adam", "adam-lambda"}));
-  command->add_option("--steps", options->steps, "Adam iterations (default: the request's, else 2001)");
-  command->add_option("--lr", options->lr, "Adam learning rate (default: the request's, else 0.05)");
-  command->add_option("--piter", options->piter, "projection period of the adam solver, in steps (default 10)");
+  CLI::Option* steps = command->add_option(
+      "--steps", options->steps,
+      "iterations: Adam steps, or the maximum for the direct solver, which stops by itself after at most 40 "
+      "(default: the request's, else 2001)");
+  CLI::Option* lr = command->add_option("--lr", options->lr, "Adam learning rate (default: the request's, else 0.05)");
+  CLI::Option* piter =
+      command->add_option("--piter", options->piter, "projection period of the adam solver, in steps (default 10)");
   command->add_flag("--json", options->json, "print one JSON object with the result instead of the summary line");
-  command->callback([options] {
+  command->callback([options, layer, rank, steps, lr, piter] {
+    require_safetensors_name(options->out);
     Request request = load_request(options->request);
-    if (options->layer >= 0) request.layer = options->layer;
-    if (options->rank > 0) request.rank = options->rank;
+    if (layer->count() > 0) {
+      if (options->layer < -1) {
+        throw invalid_input("--layer " + std::to_string(options->layer) +
+                            " is invalid: give a layer number (see `rankone info`), or -1 for the default");
+      }
+      if (options->layer >= 0) request.layer = options->layer;
+    }
+    if (rank->count() > 0) {
+      if (options->rank < 1 || options->rank > 64) {
+        throw invalid_input("--rank " + std::to_string(options->rank) + " is out of range 1 to 64");
+      }
+      request.rank = options->rank;
+    }
     if (!options->solver.empty()) request.solver.solver = options->solver;
-    if (options->steps > 0) request.solver.steps = options->steps;
-    if (options->lr > 0) request.solver.lr = options->lr;
-    if (options->piter > 0) request.solver.piter = options->piter;
+    if (steps->count() > 0) request.solver.steps = options->steps;
+    if (lr->count() > 0) request.solver.lr = options->lr;
+    if (piter->count() > 0) request.solver.piter = options->piter;
     request.solver.validate();
     ModelOptions model_options = options->model;
     if (model_options.model == ModelOptions().model && !request.model.empty()) model_options.model = request.model;
@@ -137,6 +155,11 @@ void add_edit_command(CLI::App& app) {
         options->statistics.no_cache ? "" : options->statistics.cache_dir, progress_bar());
     EditResult result = rewrite(*generator, request, statistics, options->json ? ProgressCallback() : progress_bar());
 
+    if (result.goal_loss_final > result.goal_loss_initial) {
+      spdlog::warn("the {} solver raised the goal loss from {:.5f} to {:.5f}; the patch is written anyway, but "
+                   "the default direct solver, or a smaller --lr for adam, should do better",
+                   result.solver, result.goal_loss_initial, result.goal_loss_final);
+    }
     Patch patch = make_patch(*generator, result, request.to_json(), result.weight_before);
     save_patch(options->out, patch);
     nlohmann::json summary = result.summary();
@@ -170,9 +193,7 @@ void add_apply_command(CLI::App& app) {
   command->add_option("--strength", options->strength, "factor on each patch's update")->capture_default_str();
   command->add_option("-o,--out", options->out, "output .safetensors file")->required();
   command->callback([options] {
-    if (std::filesystem::path(options->out).extension() != ".safetensors") {
-      throw invalid_input("--out " + options->out + ": the edited model is written as .safetensors");
-    }
+    require_safetensors_name(options->out);
     std::unique_ptr<Generator> generator = open_model(options->model);
     apply_patch_files(*generator, options->patches, options->strength);
 

@@ -80,6 +80,9 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   if (!fs::is_directory(folder, ignored)) {
     throw not_found(path + ": the folder " + folder.string() + " does not exist (create it first)");
   }
+  if (fs::is_directory(target, ignored)) {
+    throw invalid_input(path + ": is a folder: give the name of the file to write");
+  }
 
   // The temporary name starts with a dot and ends in .tmp, so `ls` and shell globs skip it.
   std::string temp_path = (folder / ("." + target.filename().string() + ".XXXXXX.tmp")).string();

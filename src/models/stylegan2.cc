@@ -401,7 +401,8 @@ std::string StyleGAN2::describe() const {
     std::string value = std::to_string(info.value_channels) + "x" + std::to_string(info.value_size) + "x" +
                         std::to_string(info.value_size);
     out << "    " << std::left << std::setw(9) << info.name << std::setw(13) << key << "-> " << std::setw(13) << value
-        << std::setw(12) << (info.stride() == 2 ? "upsampling" : "") << info.weight_name << "\n";
+        << std::setw(12) << (info.stride() == 2 ? "upsampling" : "") << info.weight_name
+        << (info.index == default_layer() ? "  [default]" : "") << "\n";
   }
   return out.str();
 }

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <type_traits>
+
 namespace rankone {
 
 using nlohmann::json;
@@ -51,6 +53,13 @@ MaskedImage parse_masked_image(const json& entry, const std::string& where) {
 
 template <typename T>
 T field(const json& j, const char* name, const std::string& source) {
+  if constexpr (std::is_integral_v<T>) {
+    // nlohmann's get<int> truncates 1.5 to 1 without a word.
+    if (!j.at(name).is_number_integer()) {
+      throw invalid_input(source + ": field '" + name + "' must be a whole number, got " +
+                          j.at(name).dump().substr(0, 60));
+    }
+  }
   try {
     return j.at(name).get<T>();
   } catch (const json::exception&) {
