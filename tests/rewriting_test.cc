@@ -207,6 +207,7 @@ TEST(Request, ParseErrorsNameTheField) {
       {[&](nlohmann::json& j) { j["rank"] = 0; }, "rank 0 out of range"},
       {[&](nlohmann::json& j) { j["solver"] = "sgd"; }, "unknown solver 'sgd'"},
       {[&](nlohmann::json& j) { j["layer"] = "three"; }, "field 'layer' has the wrong type"},
+      {[&](nlohmann::json& j) { j["rank"] = 1.5; }, "field 'rank' must be a whole number, got 1.5"},
       {[&](nlohmann::json& j) { j["sampling"] = {{"noise", "pink"}}; }, "unknown noise mode 'pink'"},
       {[&](nlohmann::json& j) { j["key"] = 5; }, "'key' must be a list"},
   };

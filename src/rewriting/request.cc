@@ -55,7 +55,7 @@ template <typename T>
 T field(const json& j, const char* name, const std::string& source) {
   if constexpr (std::is_integral_v<T>) {
     // nlohmann's get<int> truncates 1.5 to 1 without a word.
-    if (!j.at(name).is_number_integer()) {
+    if (j.at(name).is_number() && !j.at(name).is_number_integer()) {
       throw invalid_input(source + ": field '" + name + "' must be a whole number, got " +
                           j.at(name).dump().substr(0, 60));
     }
