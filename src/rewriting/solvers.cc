@@ -173,7 +173,7 @@ void solve_direct(const Generator& g, int layer, const Goal& goal, const at::Ten
   // Iterations stop after two in a row with a fresh Jacobian that improve the loss by less
   // than kMinImprovement (relative), or after kMaxIterations.
   constexpr int kMaxIterations = 40;
-  constexpr double kMinImprovement = 1e-4;
+  constexpr double kMinImprovement = 1e-3;
   // The Jacobian of a layer without an expansion is recomputed every kJacobianRefresh
   // iterations or after a stalled step.
   constexpr int kJacobianRefresh = 6;
