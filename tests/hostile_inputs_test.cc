@@ -80,6 +80,7 @@ TEST(HostileInputs, RejectedWithClearMessages) {
       // requests with broken masks and values
       {"request_empty_mask.json", Reader::kRequest, "is empty (paint some pixels white)"},
       {"request_mask_too_large.json", Reader::kRequest, "8193x1 pixels is out of range"},
+      {"request_png_inflate_bomb.json", Reader::kRequest, "decompresses to more than its 256x256 pixels need"},
       {"request_negative_image.json", Reader::kRequest, "image number -1 is negative"},
       {"request_broken_base64.json", Reader::kRequest, "invalid base64 data"},
       {"request_not_png.json", Reader::kRequest, "not a PNG image"},

@@ -1,6 +1,7 @@
 #include "rankone/formats/image.h"
 
 #include "rankone/error.h"
+#include "formats/png_decoder.h"
 
 #include <ATen/ATen.h>
 #include <stb/stb_image.h>
@@ -160,16 +161,21 @@ Image decode_png_rgba(const std::string& bytes, const std::string& source) {
                              &height, &channels)) {
     throw invalid_input(source + ": unreadable PNG header (" + stbi_failure_reason() + ")");
   }
-  if (width <= 0 || height <= 0 || width > 8192 || height > 8192) {
+  if (width <= 0 || height <= 0 || width > 4096 || height > 4096) {
     throw invalid_input(source + ": PNG of " + std::to_string(width) + "x" + std::to_string(height) +
-                        " pixels is out of range (1 to 8192 per side)");
+                        " pixels is out of range (1 to 4096 per side)");
   }
-  stbi_uc* pixels = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                          static_cast<int>(bytes.size()), &width, &height, &channels, 4);
-  if (!pixels) throw invalid_input(source + ": corrupt PNG (" + std::string(stbi_failure_reason()) + ")");
-  Image image(width, height, 4);
-  std::copy(pixels, pixels + size_t(width) * height * 4, image.pixels.begin());
-  stbi_image_free(pixels);
+  formats::DecodedPng decoded;
+  std::string failure;
+  if (!formats::decode_png_bounded(bytes, decoded, failure)) {
+    if (failure == "outofmem") {
+      throw invalid_input(source + ": the PNG's data decompresses to more than its " + std::to_string(width) + "x" +
+                          std::to_string(height) + " pixels need (a corrupt or hostile image)");
+    }
+    throw invalid_input(source + ": corrupt PNG (" + failure + ")");
+  }
+  Image image(decoded.width, decoded.height, 4);
+  std::copy(decoded.rgba.begin(), decoded.rgba.end(), image.pixels.begin());
   return image;
 }
 

@@ -232,6 +232,11 @@ def main():
     write("request_truncated_png.json", request(good, good[:120]))
     write("request_jpeg_url.json", request(good, "data:image/jpeg;base64,/9j/4AAQSkZJRg=="))
     write("request_rank_huge.json", request(good, good, rank=100000))
+    # mask_inflate_bomb.png came from the mask URL fuzzer: a 256x256 PNG of 851 bytes whose
+    # compressed data inflates without end, so an unbounded decoder allocates gigabytes.
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mask_inflate_bomb.png"), "rb") as bomb:
+        bomb_url = "data:image/png;base64," + base64.b64encode(bomb.read()).decode()
+    write("request_png_inflate_bomb.json", request(good, bomb_url))
 
 
 if __name__ == "__main__":
