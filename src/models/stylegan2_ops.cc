@@ -65,9 +65,41 @@ torch::Tensor prepare_demod_weight(const torch::Tensor& weight) {
   return scaled.square().sum({2, 3}).t().contiguous();
 }
 
+namespace {
+
+// The stride-2 transposed convolution as four ordinary convolutions, one per output phase.
+// Output row 2t takes kernel rows 2 and 0 over input rows t - 1 and t, and row 2t + 1 takes
+// kernel row 1 over input row t; columns split the same way. libtorch 1.13 runs the four through
+// oneDNN, while its transposed convolution is a GEMM per sample plus col2im.
+torch::Tensor transposed_by_phases(const torch::Tensor& key, const torch::Tensor& conv_weight) {
+  torch::Tensor weight = conv_weight.transpose(0, 1);  // [out, in, 3, 3]
+  int64_t batch = key.size(0), height = key.size(2), width = key.size(3);
+  torch::Tensor out = at::empty({batch, weight.size(0), 2 * height + 1, 2 * width + 1}, key.options());
+  // Even output rows (or columns) use taps {2, 0} with padding 1, odd ones tap 1 without padding.
+  torch::Tensor row_taps[2] = {at::stack({weight.select(2, 2), weight.select(2, 0)}, 2), weight.narrow(2, 1, 1)};
+  const int64_t padding[2] = {1, 0};
+  for (int row = 0; row < 2; ++row) {
+    for (int column = 0; column < 2; ++column) {
+      const torch::Tensor& taps = row_taps[row];
+      torch::Tensor kernel = column == 0 ? at::stack({taps.select(3, 2), taps.select(3, 0)}, 3) : taps.narrow(3, 1, 1);
+      torch::Tensor phase = at::conv2d(key, kernel.contiguous(), {}, /*stride=*/1, {padding[row], padding[column]});
+      out.slice(2, row, 2 * height + 1, 2).slice(3, column, 2 * width + 1, 2).copy_(phase);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 torch::Tensor convolve(const torch::Tensor& key, const torch::Tensor& conv_weight, bool upsample) {
-  if (upsample) return at::conv_transpose2d(key, conv_weight, {}, /*stride=*/2, /*padding=*/0);
-  return at::conv2d(key, conv_weight, {}, /*stride=*/1, /*padding=*/1);
+  if (!upsample) return at::conv2d(key, conv_weight, {}, /*stride=*/1, /*padding=*/1);
+  // The phase split was 1.1x to 2.5x faster for every layer shape of a 256x256 config-f network
+  // at batch 1, 8 and 10, except a single 4x4 input (0.6x), on a 2-core AMD EPYC with 2 threads.
+  bool small = key.size(0) * key.size(2) * key.size(3) <= 16;
+  if (small || records_gradient({&key, &conv_weight})) {
+    return at::conv_transpose2d(key, conv_weight, {}, /*stride=*/2, /*padding=*/0);
+  }
+  return transposed_by_phases(key, conv_weight);
 }
 
 torch::Tensor demodulation(const torch::Tensor& style, const torch::Tensor& demod_weight) {
