@@ -4,8 +4,8 @@
 //   build/bench/generate_bench [--threads N] [--repeats N] [--resolution S]
 //
 // Prints images/s at batch 1 and 8 and the attained GFLOP/s of the 3x3 convolutions
-// inside generate(), beside the GFLOP/s of those convolutions run alone with
-// at::conv2d / at::conv_transpose2d on pre-made inputs (the conv-only peak).
+// inside generate(), beside the GFLOP/s of those convolutions run alone on pre-made inputs
+// through stylegan2::convolve, the path generate() takes (the conv-only peak).
 #include "models/stylegan2_parts.h"
 
 #include "rankone/error.h"
@@ -126,8 +126,7 @@ std::vector<ConvCase> make_conv_cases(const rankone::Generator& generator, int64
 
 void run_convs(const std::vector<ConvCase>& cases) {
   for (const ConvCase& c : cases) {
-    torch::Tensor out = c.transposed ? at::conv_transpose2d(c.input, c.weight, {}, 2, 0)
-                                     : at::conv2d(c.input, c.weight, {}, 1, 1);
+    torch::Tensor out = rankone::stylegan2::convolve(c.input, c.weight, c.transposed);
   }
 }
 

@@ -93,10 +93,13 @@ torch::Tensor transposed_by_phases(const torch::Tensor& key, const torch::Tensor
 
 torch::Tensor convolve(const torch::Tensor& key, const torch::Tensor& conv_weight, bool upsample) {
   if (!upsample) return at::conv2d(key, conv_weight, {}, /*stride=*/1, /*padding=*/1);
-  // The phase split was 1.1x to 2.5x faster for every layer shape of a 256x256 config-f network
-  // at batch 1, 8 and 10, except a single 4x4 input (0.6x), on a 2-core AMD EPYC with 2 threads.
-  bool small = key.size(0) * key.size(2) * key.size(3) <= 16;
-  if (small || records_gradient({&key, &conv_weight})) {
+  // Measured on a 2-core AMD EPYC for the layer shapes of a 256x256 config-f network: the phase
+  // split was 1.4x to 2.5x faster for one image from 16x16 to 128x128 inputs and for batches of
+  // up to 4096 input pixels in all, 0.6x for one 4x4 input, and whole 8-image batches ran up to
+  // 1.2x slower with it on larger maps.
+  int64_t pixels = key.size(0) * key.size(2) * key.size(3);
+  bool phases_faster = pixels > 16 && (key.size(0) == 1 || pixels <= 4096);
+  if (!phases_faster || records_gradient({&key, &conv_weight})) {
     return at::conv_transpose2d(key, conv_weight, {}, /*stride=*/2, /*padding=*/0);
   }
   return transposed_by_phases(key, conv_weight);
