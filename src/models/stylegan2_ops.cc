@@ -69,7 +69,7 @@ namespace {
 
 // The stride-2 transposed convolution as four ordinary convolutions, one per output phase.
 // Output row 2t takes kernel rows 2 and 0 over input rows t - 1 and t, and row 2t + 1 takes
-// kernel row 1 over input row t; columns split the same way. libtorch 1.13 runs the four through
+// kernel row 1 over input row t. Columns split the same way. libtorch 1.13 runs the four through
 // oneDNN, while its transposed convolution is a GEMM per sample plus col2im.
 torch::Tensor transposed_by_phases(const torch::Tensor& key, const torch::Tensor& conv_weight) {
   torch::Tensor weight = conv_weight.transpose(0, 1);  // [out, in, 3, 3]
@@ -93,10 +93,10 @@ torch::Tensor transposed_by_phases(const torch::Tensor& key, const torch::Tensor
 
 torch::Tensor convolve(const torch::Tensor& key, const torch::Tensor& conv_weight, bool upsample) {
   if (!upsample) return at::conv2d(key, conv_weight, {}, /*stride=*/1, /*padding=*/1);
-  // Measured on a 2-core AMD EPYC for the layer shapes of a 256x256 config-f network: the phase
+  // Measured on a 2-core AMD EPYC for the layer shapes of a 256x256 config-f network. The phase
   // split was 1.4x to 2.5x faster for one image from 16x16 to 128x128 inputs and for batches of
-  // up to 4096 input pixels in all, 0.6x for one 4x4 input, and whole 8-image batches ran up to
-  // 1.2x slower with it on larger maps.
+  // up to 4096 input pixels in all. It was 0.6x for one 4x4 input, and whole 8-image batches ran
+  // up to 1.2x slower with it on larger maps.
   int64_t pixels = key.size(0) * key.size(2) * key.size(3);
   bool phases_faster = pixels > 16 && (key.size(0) == 1 || pixels <= 4096);
   if (!phases_faster || records_gradient({&key, &conv_weight})) {
