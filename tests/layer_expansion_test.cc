@@ -5,6 +5,8 @@
 #include "rankone/models/stylegan2.h"
 #include "rankone/rewriting/rewriter.h"
 
+#include "test_support.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
@@ -66,6 +68,7 @@ std::unique_ptr<Generator> sequential_generator(const std::string& middle_norm) 
   torch::manual_seed(11);
   TensorFile weights;
   weights.path = "synthetic";
+
   auto put = [&](const std::string& name, at::Tensor tensor) {
     weights.names.push_back(name);
     weights.tensors[name] = tensor;
@@ -80,6 +83,7 @@ std::unique_ptr<Generator> sequential_generator(const std::string& middle_norm) 
   put("b2.bias", 0.1 * torch::randn({10}));
   put("b3.weight", 0.3 * torch::randn({10, 3, 4, 4}));
   put("b3.bias", 0.1 * torch::randn({3}));
+
   nlohmann::json middle_norm_json = {{"type", middle_norm}};
   if (middle_norm == "batch_norm") middle_norm_json["prefix"] = "bn1";
   nlohmann::json card = {
@@ -125,11 +129,7 @@ TEST(LayerExpansion, PixelNormHasNone) {
 }
 
 TEST(LayerExpansion, StyleGAN2MatchesTarget) {
-  StyleGAN2Config config;
-  config.resolution = 32;
-  config.style_size = 16;
-  config.mapping_layers = 2;
-  config.channels = {{4, 16}, {8, 16}, {16, 12}, {32, 8}};
+  StyleGAN2Config config = testing::small_stylegan2_config();
   std::unique_ptr<Generator> g = load_stylegan2(make_random_stylegan2(config, 5));
   SamplingSettings settings;
   torch::manual_seed(2);

@@ -489,11 +489,7 @@ TEST(StyleGAN2, UnknownTensorIsNamed) {
 }
 
 TEST(StyleGAN2, RandomConfigBuilds) {
-  StyleGAN2Config config;
-  config.resolution = 32;
-  config.style_size = 16;
-  config.mapping_layers = 2;
-  config.channels = {{4, 16}, {8, 16}, {16, 12}, {32, 8}};
+  StyleGAN2Config config = testing::small_stylegan2_config();
   config.noise_buffers = false;
   TensorFile file = make_random_stylegan2(config, 7);
   auto g = load_stylegan2(file);
@@ -542,11 +538,7 @@ namespace {
 
 // The key-only context pass skips later noise and the toRGB branch, but must give the same key.
 TEST(StyleGAN2, ContextKeyMatchesContext) {
-  StyleGAN2Config config;
-  config.resolution = 32;
-  config.style_size = 16;
-  config.mapping_layers = 2;
-  config.channels = {{4, 16}, {8, 16}, {16, 12}, {32, 8}};
+  StyleGAN2Config config = testing::small_stylegan2_config();
   std::unique_ptr<Generator> g = load_stylegan2(make_random_stylegan2(config, 9));
   for (const std::string& noise : {"sample", "reference", "stored", "zero"}) {
     SamplingSettings settings;

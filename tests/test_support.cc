@@ -44,4 +44,13 @@ std::string temp_dir() {
   return dir.string();
 }
 
+StyleGAN2Config small_stylegan2_config() {
+  StyleGAN2Config config;
+  config.resolution = 32;
+  config.style_size = 16;
+  config.mapping_layers = 2;
+  config.channels = {{4, 16}, {8, 16}, {16, 12}, {32, 8}};
+  return config;
+}
+
 }  // namespace rankone::testing

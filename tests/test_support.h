@@ -1,6 +1,8 @@
 // Helpers shared by the unit tests: where the reference fixtures and test data live.
 #pragma once
 
+#include "rankone/models/stylegan2.h"
+
 #include <string>
 
 namespace rankone::testing {
@@ -12,6 +14,9 @@ std::string fixtures_dir();
 std::string test_data_dir();
 /// A fresh empty temporary folder, removed at process exit.
 std::string temp_dir();
+/// A 32x32 StyleGAN2 small enough for unit tests: style size 16, 2 mapping layers, 16 channels
+/// up to 8x8, then 12 and 8, with noise buffers.
+StyleGAN2Config small_stylegan2_config();
 
 }  // namespace rankone::testing
 
